@@ -1,0 +1,244 @@
+"""The ``requests-failover`` command line: a thin layer over the public API.
+
+Exit codes: 0 ok, 1 no healthy backend (``check``), 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import requests
+
+from . import __version__
+from ._config import DEFAULT_HEALTH_PATHS, build_options
+from ._health import probe
+from ._loopback import LoopbackServer
+from .adapter import FailoverAdapter
+from .session import FailoverSession
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit 2."""
+
+
+def _table(rows: List[List[str]], header: List[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _validated(urls: Sequence[str], allow_insecure: bool) -> None:
+    try:
+        build_options(list(urls), allow_insecure=allow_insecure, environ={})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- check ------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    _validated(args.urls, args.allow_insecure)
+    options = build_options(
+        args.urls,
+        health_paths=args.path or DEFAULT_HEALTH_PATHS,
+        health_timeout=args.timeout,
+        allow_insecure=args.allow_insecure,
+        environ={},
+    )
+    sender = requests.adapters.HTTPAdapter()
+    results = [probe(b, options.health_paths, options.health_timeout, sender.send) for b in options.targets]
+    sender.close()
+    active = next((r.url for r in results if r.healthy), None)
+    if args.json:
+        print(json.dumps({"active_backend": active, "backends": [r.__dict__ for r in results]}, indent=2))
+    else:
+        rows = [
+            [
+                r.url,
+                "yes" if r.healthy else "no",
+                r.path or "-",
+                str(r.status) if r.status is not None else "-",
+                f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
+                r.error or "",
+            ]
+            for r in results
+        ]
+        print(_table(rows, ["backend", "healthy", "path", "status", "latency_ms", "error"]))
+        print(f"\nactive: {active}" if active else "\nactive: none (no backend is healthy)")
+    return 0 if active else 1
+
+
+# -- status / reset -----------------------------------------------------------------------
+def _adapter(args: argparse.Namespace) -> FailoverAdapter:
+    _validated(args.urls, args.allow_insecure)
+    if args.state_file:
+        path = args.state_file
+        if os.path.isdir(path):
+            raise UsageError(f"--state-file: {path} is a directory")
+        if os.path.exists(path) and not os.access(path, os.R_OK):
+            raise UsageError(f"--state-file: {path} is not readable")
+    return FailoverAdapter(args.urls, state_file=args.state_file or None, allow_insecure=args.allow_insecure)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    adapter = _adapter(args)
+    status = adapter.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    checked = status["last_health_check"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checked)) if checked else "never"
+    print(f"state file:    {status['state_file']}")
+    print(f"active:        {status['active_backend']}")
+    print(f"last checked:  {when} ({'fresh' if status['cache_valid'] else 'stale'})")
+    rows = [
+        [
+            b["url"],
+            {True: "yes", False: "no", None: "unknown"}[b["healthy"]],
+            str(b["consecutive_failures"]),
+            f"{b['last_latency_ms']:.1f}" if b["last_latency_ms"] is not None else "-",
+            b["last_error"] or "",
+        ]
+        for b in status["backends"]
+    ]
+    print()
+    print(_table(rows, ["backend", "healthy", "failures", "latency_ms", "last_error"]))
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    adapter = _adapter(args)
+    adapter.clear_cache()
+    print(f"cleared the selection in {adapter.status()['state_file']}")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Two loopback backends, a stream of requests, an outage, a failback."""
+    log = logging.getLogger("requests_failover")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("        [log] %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    phases: Dict[str, List[float]] = {}
+    served: Dict[str, Dict[str, int]] = {}
+    failed: Dict[str, int] = {}
+    try:
+        with LoopbackServer("primary") as primary, LoopbackServer("secondary") as secondary:
+            names = {primary.url: "primary", secondary.url: "secondary"}
+            print(f"primary   {primary.url}\nsecondary {secondary.url}\n")
+            with FailoverSession([primary.url, secondary.url], state_file=False, cache_ttl=3600) as session:
+
+                def burst(phase: str, count: int) -> None:
+                    phases[phase], served[phase], failed[phase] = [], {}, 0
+                    for i in range(count):
+                        started = time.perf_counter()
+                        try:
+                            response = session.get(primary.url + f"/api/items/{i}", timeout=(1, 2))
+                            who = response.json()["server"]
+                        except requests.RequestException as exc:
+                            failed[phase] += 1
+                            who = f"FAILED {type(exc).__name__}"
+                        ms = (time.perf_counter() - started) * 1000
+                        phases[phase].append(ms)
+                        served[phase][who] = served[phase].get(who, 0) + 1
+                        if i < 3 or i == count - 1:
+                            print(f"  {phase:<22} GET /api/items/{i:<3} -> {who:<10} {ms:7.1f} ms")
+                        elif i == 3:
+                            print(f"  {phase:<22} ...")
+                        time.sleep(args.interval)
+
+                print("1. both backends up: requests go to the primary")
+                burst("1 primary up", args.requests)
+                print("\n2. the primary dies (connections refused)")
+                primary.set("refuse")
+                burst("2 primary down", args.requests)
+                print("\n3. the primary comes back; force_refresh() takes it back")
+                primary.set("up")
+                print(f"  force_refresh() -> {names[session.force_refresh()]}")
+                burst("3 primary back", args.requests)
+    finally:
+        log.removeHandler(handler)
+
+    rows = []
+    for phase, times in phases.items():
+        who = ", ".join(f"{k} x{v}" for k, v in served[phase].items())
+        rows.append(
+            [phase, str(len(times)), str(failed[phase]), who, f"{statistics.median(times):.1f}", f"{max(times):.1f}"]
+        )
+    print("\nsummary")
+    print(_table(rows, ["phase", "requests", "failed", "served by", "median_ms", "max_ms"]))
+    outage = phases["2 primary down"]
+    print(
+        f"\ncost of the outage: {sum(failed.values())} failed requests; the first request after it took "
+        f"{outage[0]:.1f} ms, {outage[0] - statistics.median(outage):.1f} ms more than the median."
+    )
+    return 0 if sum(failed.values()) == 0 else 1
+
+
+# -- entry point -------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="requests-failover", description="Failover for requests: demo and diagnostics.")
+    parser.add_argument("--version", action="version", version=f"requests-failover {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log probes (DEBUG) to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="show a failover and a failback between two local backends")
+    demo.add_argument("--requests", type=int, default=10, help="requests per phase (default 10)")
+    demo.add_argument("--interval", type=float, default=0.02, help="seconds between requests (default 0.02)")
+    demo.set_defaults(func=cmd_demo)
+
+    def backends(p: argparse.ArgumentParser) -> None:
+        p.add_argument("urls", nargs="+", metavar="URL", help="backend base URLs, in priority order")
+        p.add_argument("--allow-insecure", action="store_true", help="accept http:// on non-loopback hosts")
+        p.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    check = sub.add_parser("check", help="probe each backend and show which would be active")
+    backends(check)
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default 3)")
+    check.add_argument("--path", action="append", help="health path (repeatable; default the three standard)")
+    check.set_defaults(func=cmd_check)
+
+    for name, func, text in (
+        ("status", cmd_status, "print the shared selection and each backend's health"),
+        ("reset", cmd_reset, "clear the shared selection"),
+    ):
+        p = sub.add_parser(name, help=text)
+        backends(p)
+        p.add_argument("--state-file", metavar="F", help="the state file (default: the backend set's own)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.verbose:
+            logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

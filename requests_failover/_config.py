@@ -1,0 +1,254 @@
+"""Configuration: parsed backends and the frozen options object.
+
+Everything here is validated once, when a session or adapter is built, and
+never changes afterwards; no I/O happens in this module except reading the
+``REQUESTS_FAILOVER_BACKENDS`` environment variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+
+from urllib3.util import parse_url
+
+ENV_BACKENDS = "REQUESTS_FAILOVER_BACKENDS"
+
+DEFAULT_HEALTH_PATHS: Tuple[str, ...] = ("/health", "/api/health", "/status")
+#: Applied to a request sent without a timeout: (connect, read) in seconds.
+DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+TimeoutArg = Union[None, float, Tuple[Optional[float], Optional[float]]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend base URL, parsed and normalised.
+
+    ``url`` is the canonical form (lower-case scheme and host, default port
+    omitted, no trailing slash, never any userinfo) used for identity, logs,
+    ``status()`` and the state file. Userinfo given in the configured URL is
+    kept apart in ``auth`` and used only to authenticate requests sent to it.
+    """
+
+    scheme: str
+    host: str  # lower case; IPv6 without brackets
+    port: int
+    base_path: str  # "" or "/api" (never a trailing slash)
+    auth: Optional[Tuple[str, str]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == _DEFAULT_PORTS[self.scheme]:
+            return host
+        return f"{host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.netloc}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.base_path
+
+    def origins(self) -> Tuple[str, ...]:
+        """Every lower-case ``scheme://host[:port]`` spelling that names this backend."""
+        spellings = [self.origin]
+        if self.port == _DEFAULT_PORTS[self.scheme]:
+            spellings.append(f"{self.origin}:{self.port}")
+        return tuple(spellings)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost" or self.host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_backend(value: object, *, argument: str = "backends") -> Backend:
+    """Parse one base URL; raise ``TypeError``/``ValueError`` naming ``argument``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument}: each backend must be a str URL, got {type(value).__name__}")
+    text = value.strip()
+    try:
+        parsed = parse_url(text)
+    except Exception as exc:  # urllib3 raises LocationParseError (a ValueError) and others
+        raise ValueError(f"{argument}: invalid URL {_redact(text)!r}: {exc}") from None
+    scheme = (parsed.scheme or "").lower()
+    if scheme not in _DEFAULT_PORTS or "://" not in text:
+        raise ValueError(f"{argument}: {_redact(text)!r} needs an http:// or https:// scheme")
+    if not parsed.host:
+        raise ValueError(f"{argument}: {_redact(text)!r} has no host")
+    if parsed.query is not None or parsed.fragment is not None:
+        raise ValueError(f"{argument}: {_redact(text)!r} is a base URL and cannot carry a query or fragment")
+    host = parsed.host.lower().strip("[]")
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise ValueError(f"{argument}: {_redact(text)!r} has an invalid host name") from None
+    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
+    base_path = (parsed.path or "").rstrip("/")
+    auth: Optional[Tuple[str, str]] = None
+    if parsed.auth:
+        user, _, password = parsed.auth.partition(":")
+        auth = (user, password)
+    return Backend(scheme, host, port, base_path, auth)
+
+
+def _redact(url: str) -> str:
+    """``url`` with any userinfo replaced, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def _parse_backends(values: object, *, argument: str, allow_insecure: bool) -> Tuple[Backend, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{argument}: expected a list of base URLs, got {type(values).__name__}")
+    backends = tuple(parse_backend(v, argument=argument) for v in values)
+    if not backends:
+        raise ValueError(f"{argument}: at least one backend URL is required")
+    seen = set()
+    for backend in backends:
+        if backend.url in seen:
+            raise ValueError(f"{argument}: {backend.url} is listed twice")
+        seen.add(backend.url)
+        if backend.scheme == "http" and not backend.is_loopback and not allow_insecure:
+            raise ValueError(
+                f"{argument}: {backend.url} uses plain http:// on a non-loopback host; "
+                "use https:// or pass allow_insecure=True"
+            )
+    return backends
+
+
+def _number(name: str, value: object, *, minimum: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number of seconds, got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or math.isinf(number) or number < minimum or (strict and number == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name}: must be a finite number {bound}, got {value!r}")
+    return number
+
+
+def validate_timeout(name: str, value: object) -> Tuple[Optional[float], Optional[float]]:
+    """Normalise a requests-style timeout (float or (connect, read)) to a pair."""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"{name}: a timeout tuple must be (connect, read), got {value!r}")
+        connect, read = value
+        return (
+            None if connect is None else _number(name, connect, minimum=0, strict=True),
+            None if read is None else _number(name, read, minimum=0, strict=True),
+        )
+    seconds = _number(name, value, minimum=0, strict=True)
+    return (seconds, seconds)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every setting of a :class:`~requests_failover.FailoverAdapter`, validated.
+
+    ``targets`` are the backends requests are sent to, in priority order.
+    ``aliases`` are the base URLs whose requests are rewritten: the targets
+    plus, in development mode, the configured backends that the environment
+    replaced.
+    """
+
+    targets: Tuple[Backend, ...]
+    aliases: Tuple[Backend, ...]
+    health_paths: Tuple[str, ...] = DEFAULT_HEALTH_PATHS
+    health_timeout: float = 3.0
+    cache_ttl: float = 300.0
+    max_retries: int = 2
+    retry_delay: float = 1.0
+    default_timeout: Tuple[Optional[float], Optional[float]] = DEFAULT_TIMEOUT
+    state_file: Union[bool, str, None] = None
+    on_switch: Optional[Callable[[Any], None]] = None
+    development: bool = False
+
+
+def build_options(
+    backends: object,
+    *,
+    health_paths: object = DEFAULT_HEALTH_PATHS,
+    health_timeout: object = 3.0,
+    cache_ttl: object = 300.0,
+    max_retries: object = 2,
+    retry_delay: object = 1.0,
+    default_timeout: object = DEFAULT_TIMEOUT,
+    state_file: object = None,
+    on_switch: object = None,
+    allow_insecure: object = False,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Options:
+    """Validate every argument once; errors name the argument at fault."""
+    if not isinstance(allow_insecure, bool):
+        raise TypeError(f"allow_insecure: expected a bool, got {type(allow_insecure).__name__}")
+    configured = _parse_backends(backends, argument="backends", allow_insecure=allow_insecure)
+    env = os.environ if environ is None else environ
+    override = env.get(ENV_BACKENDS, "").strip()
+    targets = configured
+    development = False
+    if override:
+        urls = [part.strip() for part in override.split(",") if part.strip()]
+        targets = _parse_backends(urls, argument=ENV_BACKENDS, allow_insecure=allow_insecure)
+        development = True
+    aliases = targets + tuple(b for b in configured if b not in targets)
+
+    if isinstance(health_paths, (str, bytes)) or not isinstance(health_paths, Sequence):
+        raise TypeError("health_paths: expected a sequence of paths such as ('/health',)")
+    paths = tuple(health_paths)
+    if not paths:
+        raise ValueError("health_paths: at least one path is required")
+    for path in paths:
+        if not isinstance(path, str):
+            raise TypeError(f"health_paths: each path must be a str, got {type(path).__name__}")
+        if not path.startswith("/") or any(c in path for c in " \r\n#"):
+            raise ValueError(f"health_paths: {path!r} must be an absolute path starting with '/'")
+
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise TypeError(f"max_retries: expected an int, got {type(max_retries).__name__}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries: must be >= 0, got {max_retries}")
+
+    if state_file is True:
+        raise ValueError("state_file: pass None for the default file, False for memory only, or a path")
+    if state_file is not None and state_file is not False:
+        if not isinstance(state_file, (str, os.PathLike)):
+            raise TypeError(f"state_file: expected a path, None or False, got {type(state_file).__name__}")
+        state_file = os.fspath(state_file)
+        if not isinstance(state_file, str) or not state_file:
+            raise ValueError("state_file: expected a non-empty str path")
+    if on_switch is not None and not callable(on_switch):
+        raise TypeError(f"on_switch: expected a callable, got {type(on_switch).__name__}")
+
+    return Options(
+        targets=targets,
+        aliases=aliases,
+        health_paths=paths,
+        health_timeout=_number("health_timeout", health_timeout, minimum=0, strict=True),
+        cache_ttl=_number("cache_ttl", cache_ttl, minimum=0),
+        max_retries=max_retries,
+        retry_delay=_number("retry_delay", retry_delay, minimum=0),
+        default_timeout=validate_timeout("default_timeout", default_timeout),
+        state_file=state_file,
+        on_switch=on_switch,
+        development=development,
+    )

@@ -1,0 +1,133 @@
+"""Health probes: one backend (its paths in order), several concurrently."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import requests
+from requests.auth import HTTPBasicAuth
+
+from ._config import Backend
+from ._pool import ProbeResult, select_from_probes
+
+log = logging.getLogger("requests_failover")
+
+#: Sends one prepared request: ``send(request, timeout=..., **kwargs) -> Response``.
+Sender = Callable[..., requests.Response]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of a failure, for logs and status."""
+    name = type(exc).__name__
+    reason: Any = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", None)  # urllib3's MaxRetryError carries the cause
+    if inner is not None:
+        reason = inner
+    if isinstance(reason, BaseException):
+        text = type(reason).__name__
+        detail = str(reason)
+        # urllib3 messages repeat the connection object; keep the useful tail
+        if ": " in detail:
+            detail = detail.rsplit(": ", 1)[-1]
+        return f"{name} ({text}: {detail})"[:300]
+    if reason is not None:
+        return f"{name} ({str(reason).rsplit(': ', 1)[-1]})"[:300]
+    return name
+
+
+def prepare(backend: Backend, path: str, headers: Optional[Mapping[str, str]] = None) -> requests.PreparedRequest:
+    request = requests.Request("GET", backend.origin + backend.base_path + path, headers=dict(headers or {}))
+    prepared = request.prepare()
+    if backend.auth is not None:
+        prepared = HTTPBasicAuth(*backend.auth)(prepared)
+    return prepared
+
+
+def probe(
+    backend: Backend,
+    paths: Sequence[str],
+    timeout: float,
+    send: Sender,
+    send_kwargs: Optional[Mapping[str, Any]] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> ProbeResult:
+    """Probe ``backend``: healthy when one of ``paths``, tried in order, answers 2xx.
+
+    A non-2xx answer moves on to the next path; an exception (refused,
+    timeout, TLS) ends this backend's probe at once: the next path would
+    meet the same network.
+    """
+    kwargs: Dict[str, Any] = dict(send_kwargs or {})
+    kwargs["timeout"] = (timeout, timeout)
+    kwargs["stream"] = False
+    status: Optional[int] = None
+    latency: Optional[float] = None
+    error: Optional[str] = None
+    for path in paths:
+        started = clock()
+        try:
+            response = send(prepare(backend, path), **kwargs)
+        except Exception as exc:  # any failure of the network or the transport
+            latency = round((clock() - started) * 1000, 3)
+            error = describe_error(exc)
+            log.debug("probe %s%s failed: %s", backend.url, path, error)
+            return ProbeResult(backend.url, False, path, None, latency, error)
+        latency = round((clock() - started) * 1000, 3)
+        status = response.status_code
+        response.close()
+        log.debug("probe %s%s answered %s in %.1f ms", backend.url, path, status, latency)
+        if 200 <= status < 300:
+            return ProbeResult(backend.url, True, path, status, latency, None)
+        error = f"HTTP {status} on {path}"
+    return ProbeResult(backend.url, False, paths[-1], status, latency, error)
+
+
+def probe_all(
+    backends: Sequence[Backend],
+    paths: Sequence[str],
+    timeout: float,
+    send: Sender,
+    send_kwargs: Optional[Mapping[str, Any]] = None,
+    hold: Optional[Mapping[str, float]] = None,
+    now: float = 0.0,
+    on_late: Optional[Callable[[ProbeResult], None]] = None,
+) -> List[ProbeResult]:
+    """Probe every backend concurrently; return once the selection is decided.
+
+    The return comes as soon as a backend answered healthy and every backend
+    before it in priority order answered unhealthy (so a healthy primary is
+    not kept waiting by a dead secondary). Probes still running then report to
+    ``on_late`` when they finish.
+    """
+    order = [b.url for b in backends]
+    results: Dict[str, ProbeResult] = {}
+    lock = threading.Lock()
+    changed = threading.Condition(lock)
+    returned = False
+
+    def run(backend: Backend) -> None:
+        nonlocal returned
+        try:
+            result = probe(backend, paths, timeout, send, send_kwargs)
+        except BaseException as exc:  # pragma: no cover - probe() catches Exception
+            result = ProbeResult(backend.url, False, error=describe_error(exc))
+        with changed:
+            late = returned
+            results[backend.url] = result
+            changed.notify_all()
+        if late and on_late is not None:
+            on_late(result)
+
+    if len(backends) == 1:
+        run(backends[0])
+        return [results[order[0]]]
+    for backend in backends:
+        threading.Thread(target=run, args=(backend,), name="requests-failover-probe", daemon=True).start()
+    with changed:
+        while len(results) < len(order) and select_from_probes(order, results, hold or {}, now) is None:
+            changed.wait()
+        returned = True
+        return [results[u] for u in order if u in results]

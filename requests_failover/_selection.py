@@ -1,0 +1,195 @@
+"""The live selection of one adapter: state in memory, persisted, probed, observed.
+
+This is where the pure logic (:mod:`._pool`), persistence (:mod:`._state`)
+and probing (:mod:`._health`) meet. It is thread-safe: updates serialise on
+one lock (never held while sending a request or a probe), reads are a plain
+attribute load, and one stale selection is probed by one thread of one
+process while everybody else keeps using the stale one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from . import _pool
+from ._config import Backend, Options
+from ._health import Sender, probe_all
+from ._pool import ProbeResult, State
+from ._state import open_store
+
+log = logging.getLogger("requests_failover")
+
+
+@dataclass(frozen=True)
+class SwitchEvent:
+    """Passed to ``on_switch`` when the active backend changes.
+
+    ``previous`` and ``current`` are backend base URLs (never with userinfo);
+    ``reason`` says why, for example ``"health check"`` or
+    ``"ConnectionError (NewConnectionError: ...)"``; ``at`` is unix time.
+    """
+
+    previous: str
+    current: str
+    reason: str
+    at: float
+
+
+class Selection:
+    def __init__(self, options: Options, send: Sender, clock: Callable[[], float] = time.time) -> None:
+        self._options = options
+        self._send = send
+        self._clock = clock
+        self._backends = tuple(b.url for b in options.targets)
+        self._by_url: Dict[str, Backend] = {b.url: b for b in options.targets}
+        self._store = open_store(options.state_file, self._backends)
+        self._reset_locks()
+        loaded = self._store.load(self._backends, clock())
+        self._state: State = loaded or State(self._backends)
+
+    def _reset_locks(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+
+    def _check_fork(self) -> None:
+        # A lock inherited through fork() may be held by a thread that does not
+        # exist in the child; start the child with fresh ones.
+        if self._pid != os.getpid():
+            self._reset_locks()
+
+    @property
+    def state_file(self) -> Optional[str]:
+        return self._store.location
+
+    # -- reading --------------------------------------------------------------
+    def sync(self) -> State:
+        """The current state, adopting another process's change if there is one (one stat)."""
+        self._check_fork()
+        shared = self._store.poll(self._backends, self._clock())
+        if shared is not None:
+            with self._lock:
+                previous, self._state = self._state, shared
+            self._announce(previous, shared, "changed by another process")
+        return self._state
+
+    def plan(self) -> List[Backend]:
+        return [self._by_url[url] for url in _pool.plan(self._state, self._clock())]
+
+    # -- probing ----------------------------------------------------------------
+    def ensure_fresh(self, send_kwargs: Mapping[str, Any]) -> None:
+        """Re-probe if the selection is stale and nobody else is probing it."""
+        state = self.sync()
+        now = self._clock()
+        if state.is_fresh(now, self._options.cache_ttl) or state.probing_until > now:
+            return
+        if not self._probe_lock.acquire(blocking=False):
+            return  # another thread of this process is probing: use the stale selection
+        try:
+            claimed = False
+            budget = self._options.health_timeout * len(self._options.health_paths) + 5.0
+
+            def claim(current: State) -> State:
+                nonlocal claimed
+                if current.is_fresh(now, self._options.cache_ttl) or current.probing_until > now:
+                    return current  # another process probed, or is probing, meanwhile
+                claimed = True
+                return State(current.backends, current.active, current.checked_at, current.health, now + budget)
+
+            self._update(claim, "changed by another process")
+            if claimed:
+                self._probe(send_kwargs, "health check")
+        finally:
+            self._probe_lock.release()
+
+    def refresh(self, send_kwargs: Mapping[str, Any]) -> str:
+        """Probe now, ignoring the cache and any other prober; return the selection."""
+        with self._probe_lock:
+            self._probe(send_kwargs, "forced refresh")
+        return self._state.current()
+
+    def _probe(self, send_kwargs: Mapping[str, Any], reason: str) -> None:
+        state = self._state
+        now = self._clock()
+        hold = {url: state.record(url).hold_until for url in self._backends}
+
+        def late(result: ProbeResult) -> None:
+            self._update(lambda s: _pool.apply_probes(s, [result], self._clock(), select=False), reason)
+
+        results = probe_all(
+            self._options.targets,
+            self._options.health_paths,
+            self._options.health_timeout,
+            self._send,
+            send_kwargs,
+            hold=hold,
+            now=now,
+            on_late=late,
+        )
+        self._update(lambda s: _pool.apply_probes(s, results, self._clock(), select=True), reason)
+
+    # -- recording outcomes ------------------------------------------------------
+    def record_failure(self, backend: Backend, error: str, retry_after: Optional[float] = None) -> None:
+        log.warning("backend %s marked down: %s", backend.url, error)
+        self._update(
+            lambda s: _pool.mark_failed(s, backend.url, error, self._clock(), retry_after),
+            error,
+        )
+
+    def record_success(self, backend: Backend) -> None:
+        now = self._clock()
+        if _pool.mark_succeeded(self._state, backend.url, now) is self._state:
+            return  # the common case: nothing changed, nothing written
+        self._update(lambda s: _pool.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
+
+    def clear(self) -> None:
+        self._update(lambda s: State(s.backends), "cache cleared")
+
+    # -- plumbing -------------------------------------------------------------------
+    def _update(self, fn: Callable[[State], State], reason: str) -> None:
+        self._check_fork()
+        with self._lock:
+            previous = self._state
+            self._state = self._store.update(fn, previous, self._clock())
+            current = self._state
+        self._announce(previous, current, reason)
+
+    def _announce(self, previous: State, current: State, reason: str) -> None:
+        before, after = previous.current(), current.current()
+        if before == after:
+            return
+        log.info("switched backend from %s to %s: %s", before, after, reason)
+        hook = self._options.on_switch
+        if hook is not None:
+            try:
+                hook(SwitchEvent(before, after, reason, self._clock()))
+            except Exception:  # a broken hook must not break the request
+                log.exception("on_switch hook raised")
+
+    def status(self) -> Dict[str, Any]:
+        state = self.sync()
+        now = self._clock()
+        return {
+            "active_backend": state.current(),
+            "last_health_check": state.checked_at,
+            "cache_valid": state.is_fresh(now, self._options.cache_ttl),
+            "health_checking": self._probe_lock.locked() or state.probing_until > now,
+            "state_file": self._store.location,
+            "development_mode": self._options.development,
+            "backends": [
+                {
+                    "url": url,
+                    "healthy": state.record(url).healthy,
+                    "consecutive_failures": state.record(url).consecutive_failures,
+                    "last_latency_ms": state.record(url).last_latency_ms,
+                    "last_error": state.record(url).last_error,
+                    "down_until": state.record(url).down_until or None,
+                }
+                for url in self._backends
+            ],
+        }

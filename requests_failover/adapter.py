@@ -1,0 +1,326 @@
+"""``FailoverAdapter``: the attempt loop behind every request to a backend.
+
+``send`` runs one flat loop: pick the next backend of the request's plan,
+copy the request with its URL rewritten to that backend, rewind the body,
+send, classify the outcome (:func:`._retry.classify`), record it in the
+selection. Requests for hosts that are not configured backends pass straight
+to the transport, untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import requests
+from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.auth import HTTPBasicAuth
+from requests.utils import rewind_body
+
+from ._config import DEFAULT_HEALTH_PATHS, DEFAULT_TIMEOUT, Backend, Options, build_options
+from ._health import describe_error
+from ._retry import RetryBudget, Verdict, backoff, classify, retry_after
+from ._selection import Selection
+from .exceptions import all_failed_type
+
+__all__ = ["FailoverAdapter"]
+
+
+class FailoverAdapter(HTTPAdapter):
+    """A transport adapter that sends requests for ``backends`` to a healthy one.
+
+    Mount it on an existing session for code that cannot change its session
+    class::
+
+        adapter = FailoverAdapter(["https://primary.example", "https://secondary.example"])
+        for prefix in adapter.prefixes:
+            session.mount(prefix, adapter)
+
+    :param backends: base URLs (scheme, host, optional port and base path) in
+        priority order.
+    :param health_paths: paths probed in order; a 2xx answer means healthy.
+    :param health_timeout: seconds for one probe request (connect and read).
+    :param cache_ttl: seconds a selection stays fresh; once stale, the next
+        request re-probes from the top (failback to a recovered primary).
+    :param max_retries: extra attempts after the first, across backends.
+        (``HTTPAdapter.max_retries``, urllib3's own retries, stays off.)
+    :param retry_delay: seconds, base of the backoff before a backend is tried
+        a second time within one request:
+        ``retry_delay * 2 ** (round - 1) * uniform(0.5, 1)``.
+    :param default_timeout: timeout, seconds or (connect, read), for requests
+        sent without one. The caller's own timeout always wins.
+    :param state_file: path of the selection file shared by processes; None:
+        a per-backend-set file in the user cache directory; False: memory only.
+    :param transport: the adapter that really sends (default: this adapter's
+        own ``HTTPAdapter`` machinery). A ``requests_mock.Adapter()`` here
+        makes failover testable without servers.
+    :param on_switch: called with a :class:`SwitchEvent` whenever the active
+        backend changes. Exceptions it raises are logged and ignored.
+    :param allow_insecure: accept plain ``http://`` backends on hosts other
+        than loopback.
+    :param clock: unix time source (tests); :param sleep: sleep function (tests).
+    """
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "_options", "_transport", "_clock", "_sleep"]
+
+    def __init__(
+        self,
+        backends: Sequence[str],
+        *,
+        health_paths: Sequence[str] = DEFAULT_HEALTH_PATHS,
+        health_timeout: float = 3.0,
+        cache_ttl: float = 300.0,
+        max_retries: int = 2,
+        retry_delay: float = 1.0,
+        default_timeout: Union[float, Tuple[Optional[float], Optional[float]]] = DEFAULT_TIMEOUT,
+        state_file: Union[bool, str, os.PathLike[str], None] = None,
+        transport: Optional[BaseAdapter] = None,
+        on_switch: Optional[Callable[[Any], None]] = None,
+        allow_insecure: bool = False,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+    ) -> None:
+        options = build_options(
+            backends,
+            health_paths=health_paths,
+            health_timeout=health_timeout,
+            cache_ttl=cache_ttl,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            default_timeout=default_timeout,
+            state_file=state_file,
+            on_switch=on_switch,
+            allow_insecure=allow_insecure,
+        )
+        if transport is not None and not callable(getattr(transport, "send", None)):
+            raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
+        for name, fn in (("clock", clock), ("sleep", sleep)):
+            if not callable(fn):
+                raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize, pool_block=pool_block)
+        self._options: Options = options
+        self._transport = transport
+        self._clock = clock
+        self._sleep = sleep
+        self._start()
+
+    def _start(self) -> None:
+        """Build the runtime (selection, budget, lookup table) from the configuration."""
+        by_origin: Dict[str, List[Backend]] = {}
+        for alias in self._options.aliases:
+            for origin in alias.origins():
+                by_origin.setdefault(origin, []).append(alias)
+        for candidates in by_origin.values():
+            candidates.sort(key=lambda b: len(b.base_path), reverse=True)
+        self._by_origin = by_origin
+        self._selection = Selection(self._options, self._send_one, self._clock)
+        self._budget = RetryBudget()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
+        self._start()
+
+    # -- public -----------------------------------------------------------------
+    @property
+    def prefixes(self) -> Tuple[str, ...]:
+        """The URL prefixes to mount this adapter on (every spelling of every backend)."""
+        return tuple(dict.fromkeys(o for b in self._options.aliases for o in b.origins()))
+
+    @property
+    def backends(self) -> Tuple[str, ...]:
+        """The backends requests are sent to, in priority order."""
+        return tuple(b.url for b in self._options.targets)
+
+    @property
+    def active_backend(self) -> str:
+        """The base URL requests go to now."""
+        return self._selection.sync().current()
+
+    def status(self) -> Dict[str, Any]:
+        """A JSON-serialisable snapshot of the selection and each backend's health."""
+        return self._selection.status()
+
+    def force_refresh(self, **send_kwargs: Any) -> str:
+        """Probe every backend now, ignoring the cache; return the new active base URL."""
+        return self._selection.refresh(send_kwargs)
+
+    def clear_cache(self) -> None:
+        """Forget the selection, in memory and in the shared file."""
+        self._selection.clear()
+
+    def close(self) -> None:
+        super().close()
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- sending -------------------------------------------------------------------
+    def _send_one(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if self._transport is not None:
+            return self._transport.send(request, **kwargs)
+        return super().send(request, **kwargs)
+
+    def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
+        """The configured backend ``url`` belongs to and the rest of it, or None."""
+        if not url:
+            return None
+        scheme_end = url.find("://")
+        if scheme_end < 0:
+            return None
+        path_start = len(url)
+        for mark in "/?#":
+            found = url.find(mark, scheme_end + 3)
+            if 0 <= found < path_start:
+                path_start = found
+        origin = url[:path_start].lower()
+        if "@" in origin:  # userinfo: "scheme://user:pw@host"
+            origin = origin[: scheme_end + 3] + origin.rpartition("@")[2]
+        candidates = self._by_origin.get(origin)
+        if not candidates:
+            return None
+        rest = url[path_start:]
+        for backend in candidates:
+            base = backend.base_path
+            if not base:
+                return backend, rest
+            if rest.startswith(base) and (len(rest) == len(base) or rest[len(base)] in "/?#"):
+                return backend, rest[len(base) :]
+        return None
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Union[bool, str] = True,
+        cert: Any = None,
+        proxies: Optional[Mapping[str, str]] = None,
+    ) -> requests.Response:
+        """Send ``request`` to the active backend, failing over as the policy allows."""
+        kwargs: Dict[str, Any] = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
+        matched = self.match(request.url)
+        if matched is None:
+            return self._send_one(request, timeout=timeout, **kwargs)
+        source, rest = matched
+        if timeout is None:
+            timeout = self._options.default_timeout
+        deadline = _deadline(timeout)
+
+        self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
+        plan = self._selection.plan()
+        method = request.method
+        replayable = _replayable(request)
+        attempts = 1 + self._options.max_retries
+        tried: Set[str] = set()
+        failures: List[Tuple[str, str]] = []
+        last_error: Optional[BaseException] = None
+        last_response: Optional[requests.Response] = None
+
+        for attempt in range(attempts):
+            backend = plan[attempt % len(plan)]
+            if attempt:
+                if not replayable:
+                    break
+                if backend.url in tried:
+                    if not self._budget.allows_repeat():
+                        break
+                    delay = backoff(self._options.retry_delay, attempt // len(plan))
+                    if deadline is not None and time.monotonic() + delay >= deadline:
+                        break
+                    self._sleep(delay)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if request.body is not None and hasattr(request.body, "seek"):
+                    rewind_body(request)
+            tried.add(backend.url)
+            outgoing = _rewrite(request, source, rest, backend)
+            try:
+                response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
+                if not stream:
+                    # What Session.send would do right after; done here so that a
+                    # body cut off by a dying backend fails over like any error.
+                    response.content  # noqa: B018
+            except Exception as exc:
+                verdict = classify(method, request.headers, error=exc)
+                if verdict is Verdict.RAISE:
+                    raise
+                error = describe_error(exc)
+                last_error = exc
+                if last_response is not None:
+                    last_response.close()
+                    last_response = None
+                self._budget.failed()
+                failures.append((backend.url, error))
+                self._selection.record_failure(backend, error)
+                if verdict is Verdict.FAILED:
+                    break
+                continue
+            verdict = classify(method, request.headers, response=response)
+            if verdict is Verdict.SUCCESS:
+                self._budget.succeeded()
+                self._selection.record_success(backend)
+                return response
+            error = f"HTTP {response.status_code}"
+            if last_response is not None:
+                last_response.close()
+            last_response, last_error = response, None
+            self._budget.failed()
+            failures.append((backend.url, error))
+            self._selection.record_failure(backend, error, retry_after(response))
+            if verdict is Verdict.FAILED:
+                break
+
+        if last_response is not None:
+            return last_response
+        assert last_error is not None
+        raise all_failed_type(type(last_error))(failures, last=last_error, request=request) from last_error
+
+
+def _replayable(request: requests.PreparedRequest) -> bool:
+    """Whether the body can be sent again: bytes, str, or a stream that can seek back."""
+    body: object = request.body  # typed bytes | str | None, but streams and generators are accepted
+    if body is None or isinstance(body, (bytes, str)):
+        return True
+    position = getattr(request, "_body_position", None)
+    return hasattr(body, "seek") and isinstance(position, int)
+
+
+def _rewrite(
+    request: requests.PreparedRequest, source: Backend, rest: str, target: Backend
+) -> requests.PreparedRequest:
+    """A copy of ``request`` addressed to ``target`` (the original is never changed)."""
+    outgoing = request.copy()
+    if target is not source:
+        outgoing.url = target.origin + target.base_path + rest
+        if target.auth is not None and "Authorization" not in outgoing.headers:
+            outgoing = HTTPBasicAuth(*target.auth)(outgoing)
+    return outgoing
+
+
+def _deadline(timeout: Any) -> Optional[float]:
+    """Monotonic time after which no attempt starts: now + connect + read.
+
+    That is the longest one plain request with this timeout could wait, so
+    failover never makes a caller wait longer than its timeout allowed.
+    """
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+    elif isinstance(timeout, (int, float)):
+        connect = read = timeout
+    else:  # a urllib3 Timeout object: leave it alone
+        return None
+    if connect is None or read is None:
+        return None
+    return time.monotonic() + float(connect) + float(read)
+
+
+def _clip(timeout: Any, deadline: Optional[float], attempt: int) -> Any:
+    """The timeout of one attempt: the caller's, cut to what is left after the first."""
+    if deadline is None or attempt == 0:
+        return timeout
+    left = max(0.001, deadline - time.monotonic())
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return (min(float(connect), left), min(float(read), left))

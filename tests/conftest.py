@@ -1,0 +1,117 @@
+"""Shared fixtures: real loopback servers, a controllable clock, sessions."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from requests_failover import FailoverSession, SwitchEvent
+from requests_failover._loopback import LoopbackServer
+
+
+@pytest.fixture(autouse=True)
+def _no_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Development mode and the default state file never leak in from the outside."""
+    monkeypatch.delenv("REQUESTS_FAILOVER_BACKENDS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def primary() -> Iterator[LoopbackServer]:
+    with LoopbackServer("primary") as server:
+        yield server
+
+
+@pytest.fixture
+def secondary() -> Iterator[LoopbackServer]:
+    with LoopbackServer("secondary") as server:
+        yield server
+
+
+@pytest.fixture
+def tertiary() -> Iterator[LoopbackServer]:
+    with LoopbackServer("tertiary") as server:
+        yield server
+
+
+class Clock:
+    """Unix time that moves only when a test says so."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sleeps() -> List[float]:
+    """Backoff delays asked for; nothing really sleeps."""
+    return []
+
+
+@pytest.fixture
+def events() -> List[SwitchEvent]:
+    return []
+
+
+@pytest.fixture
+def make_session(
+    clock: Clock, sleeps: List[float], events: List[SwitchEvent]
+) -> Iterator[Callable[..., FailoverSession]]:
+    """Build a FailoverSession with memory state, the test clock and recorded sleeps."""
+    made: List[FailoverSession] = []
+
+    def make(backends: List[str], **options: Any) -> FailoverSession:
+        options.setdefault("state_file", False)
+        options.setdefault("clock", clock)
+        options.setdefault("sleep", sleeps.append)
+        options.setdefault("on_switch", events.append)
+        options.setdefault("health_timeout", 2.0)
+        session = FailoverSession(backends, **options)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+@pytest.fixture
+def info_lines(caplog: pytest.LogCaptureFixture) -> Callable[[], List[str]]:
+    caplog.set_level(logging.DEBUG, logger="requests_failover")
+
+    def lines() -> List[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "requests_failover" and r.levelno == logging.INFO]
+
+    return lines
+
+
+def ipv6_loopback_available() -> bool:
+    import socket
+
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
