@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 DOWN_BASE = 1.0
 DOWN_CAP = 30.0
 RETRY_AFTER_CAP = 60.0
+CLOCK_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class State:
         return self.active if self.active is not None else self.backends[0]
 
     def is_fresh(self, now: float, ttl: float) -> bool:
-        return self.checked_at is not None and 0 <= now - self.checked_at < ttl
+        # A check a little in the future is another process's clock reading
+        # taken after ours; one far in the future is a hostile file's.
+        return self.checked_at is not None and -CLOCK_SLACK <= now - self.checked_at < ttl
 
 
 @dataclass(frozen=True)

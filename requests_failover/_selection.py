@@ -96,6 +96,7 @@ class Selection:
 
             def claim(current: State) -> State:
                 nonlocal claimed
+                now = self._clock()
                 if current.is_fresh(now, self._options.cache_ttl) or current.probing_until > now:
                     return current  # another process probed, or is probing, meanwhile
                 claimed = True
