@@ -7,11 +7,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-from requests_failover import __version__  # noqa: E402
+from requests_failover import __version__
 
 project = "requests-failover"
 author = "requests-failover developers"
-copyright = "2026, requests-failover developers"  # noqa: A001 - Sphinx's name
+copyright = "2026, requests-failover developers"
 version = release = __version__
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.auth import HTTPBasicAuth
-from requests.utils import rewind_body
+from requests.utils import get_environ_proxies, rewind_body, should_bypass_proxies
 
 from ._config import DEFAULT_HEALTH_PATHS, DEFAULT_TIMEOUT, Backend, Options, build_options
 from ._health import describe_error
@@ -119,6 +120,11 @@ class FailoverAdapter(HTTPAdapter):
         self._by_origin = by_origin
         self._selection = Selection(self._options, self._send_one, self._clock)
         self._budget = RetryBudget()
+        self._host: Optional[Callable[[], Any]] = None  # weakref to the FailoverSession mounting us
+
+    def _attach(self, session: Any) -> None:
+        """Called by FailoverSession: send through adapters the user mounts, honour its trust_env."""
+        self._host = weakref.ref(session)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
@@ -159,9 +165,36 @@ class FailoverAdapter(HTTPAdapter):
 
     # -- sending -------------------------------------------------------------------
     def _send_one(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        if self._transport is not None:
-            return self._transport.send(request, **kwargs)
+        """Send one request, no failover: through ``transport``, else an adapter the
+        user mounted on the session for this URL, else our own HTTPAdapter machinery."""
+        transport = self._transport
+        if transport is None and self._host is not None:
+            session = self._host()
+            if session is not None:
+                transport = session._mounted_for(request.url)
+        if transport is not None:
+            return transport.send(request, **kwargs)
         return super().send(request, **kwargs)
+
+    def _proxies_for(self, target: str, source: str, proxies: Optional[Mapping[str, str]]) -> Any:
+        """Proxies for ``target``: what the environment gave ``source`` is re-derived for ``target``.
+
+        ``Session.request`` evaluated the proxy environment variables (and
+        ``NO_PROXY``) for the URL asked for; the backend really used may differ.
+        Only done for a FailoverSession (whose ``trust_env`` is known).
+        """
+        session = self._host() if self._host is not None else None
+        if session is None or not session.trust_env:
+            return proxies
+        result = dict(proxies or {})
+        no_proxy = result.get("no_proxy")
+        for key, value in get_environ_proxies(source, no_proxy=no_proxy).items():
+            if result.get(key) == value:
+                del result[key]
+        if not should_bypass_proxies(target, no_proxy=no_proxy):
+            for key, value in get_environ_proxies(target, no_proxy=no_proxy).items():
+                result.setdefault(key, value)
+        return result
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None."""
@@ -238,6 +271,8 @@ class FailoverAdapter(HTTPAdapter):
             tried.add(backend.url)
             outgoing = _rewrite(request, source, rest, backend)
             try:
+                if backend is not source:
+                    kwargs["proxies"] = self._proxies_for(str(outgoing.url), str(request.url), proxies)
                 response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
                 if not stream:
                     # What Session.send would do right after; done here so that a

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import requests
+from requests.adapters import BaseAdapter
 
 from .adapter import FailoverAdapter
 
@@ -21,14 +22,38 @@ class FailoverSession(requests.Session):
     sends them. Keyword options are those of :class:`FailoverAdapter`.
     """
 
-    __attrs__ = [*requests.Session.__attrs__, "failover_adapter"]
+    __attrs__ = [*requests.Session.__attrs__, "failover_adapter", "_stock_adapters"]
 
     def __init__(self, backends: Sequence[str], **options: Any) -> None:
         super().__init__()
+        # The adapters requests mounts by itself; any other adapter found in
+        # self.adapters was mounted by the user and is honoured (_mounted_for).
+        self._stock_adapters = tuple(self.adapters.values())
         #: The adapter mounted for every backend prefix.
         self.failover_adapter = FailoverAdapter(backends, **options)
         for prefix in self.failover_adapter.prefixes:
             self.mount(prefix, self.failover_adapter)
+        self.failover_adapter._attach(self)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
+        self.failover_adapter._attach(self)
+
+    def _mounted_for(self, url: Optional[str]) -> Optional[BaseAdapter]:
+        """The adapter the user mounted for ``url``, if any (longest prefix first, as requests).
+
+        Precedence for sending to a backend: ``transport=``, then an adapter
+        the user mounted on this session covering the backend's URL (say
+        ``s.mount("https://", HTTPAdapter(max_retries=Retry(...)))``), then the
+        failover adapter's own ``HTTPAdapter`` machinery.
+        """
+        lowered = (url or "").lower()
+        for prefix, adapter in self.adapters.items():
+            if adapter is self.failover_adapter or any(adapter is stock for stock in self._stock_adapters):
+                continue
+            if lowered.startswith(prefix.lower()):
+                return adapter
+        return None
 
     @property
     def active_backend(self) -> str:
