@@ -130,6 +130,11 @@ class LoopbackServer:
     def _is_health(path: str) -> bool:
         return path.split("?")[0] in ("/health", "/api/health", "/status")
 
+    def open_connections(self) -> int:
+        """Client connections currently open on this server."""
+        with self._lock:
+            return len(self._conns)
+
     def reset_hits(self) -> None:
         with self._lock:
             self._hits.clear()

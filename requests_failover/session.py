@@ -22,38 +22,45 @@ class FailoverSession(requests.Session):
     sends them. Keyword options are those of :class:`FailoverAdapter`.
     """
 
-    __attrs__ = [*requests.Session.__attrs__, "failover_adapter", "_stock_adapters"]
+    __attrs__ = [*requests.Session.__attrs__, "failover_adapter"]
 
     def __init__(self, backends: Sequence[str], **options: Any) -> None:
         super().__init__()
-        # The adapters requests mounts by itself; any other adapter found in
-        # self.adapters was mounted by the user and is honoured (_mounted_for).
-        self._stock_adapters = tuple(self.adapters.values())
-        #: The adapter mounted for every backend prefix.
+        #: The adapter that handles every request to a backend.
         self.failover_adapter = FailoverAdapter(backends, **options)
-        for prefix in self.failover_adapter.prefixes:
-            self.mount(prefix, self.failover_adapter)
         self.failover_adapter._attach(self)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
         self.failover_adapter._attach(self)
 
-    def _mounted_for(self, url: Optional[str]) -> Optional[BaseAdapter]:
-        """The adapter the user mounted for ``url``, if any (longest prefix first, as requests).
+    def get_adapter(self, url: str) -> BaseAdapter:
+        """The failover adapter for a backend URL; otherwise what requests would choose.
 
-        Precedence for sending to a backend: ``transport=``, then an adapter
-        the user mounted on this session covering the backend's URL (say
-        ``s.mount("https://", HTTPAdapter(max_retries=Retry(...)))``), then the
-        failover adapter's own ``HTTPAdapter`` machinery.
+        ``self.adapters`` is left as requests built it (and as the user mounts
+        it): the failover adapter is consulted first instead of being mounted.
         """
-        lowered = (url or "").lower()
-        for prefix, adapter in self.adapters.items():
-            if adapter is self.failover_adapter or any(adapter is stock for stock in self._stock_adapters):
-                continue
-            if lowered.startswith(prefix.lower()):
-                return adapter
-        return None
+        if self.failover_adapter.match(url) is not None:
+            return self.failover_adapter
+        return super().get_adapter(url)
+
+    def _mounted_for(self, url: Optional[str]) -> Optional[BaseAdapter]:
+        """The adapter that sends one attempt to ``url``: the one requests would choose.
+
+        So an adapter the user mounts (``s.mount("https://", HTTPAdapter(
+        max_retries=Retry(...)))``, custom pools or TLS) sends to the backends
+        it covers, under the failover loop. Precedence: ``transport=``, then
+        this, then the failover adapter's own ``HTTPAdapter`` machinery.
+        """
+        try:
+            return super().get_adapter(url or "")
+        except requests.exceptions.InvalidSchema:
+            return None
+
+    def close(self) -> None:
+        """Close every adapter, the failover adapter and its transport included."""
+        super().close()
+        self.failover_adapter.close()
 
     @property
     def active_backend(self) -> str:

@@ -17,7 +17,10 @@ def _no_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     """Development mode and the default state file never leak in from the outside."""
     monkeypatch.delenv("REQUESTS_FAILOVER_BACKENDS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"),
+        *("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
-import warnings
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
@@ -94,17 +96,43 @@ def test_streaming_responses(make_session, primary, secondary):
     assert b'"server": "secondary"' in body
 
 
-def test_close_releases_every_socket(primary, secondary):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)
-        session = FailoverSession([primary.url, secondary.url], state_file=False)
-        session.get(primary.url + "/")
-        primary.set("refuse")
-        session.get(primary.url + "/")
-        session.close()
-        import gc
+def wait_until(condition, what: str, bound: float = 30.0) -> None:
+    """Poll ``condition`` until true; fail after a generous bound (not a timing assertion)."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
 
-        gc.collect()
+
+def test_close_releases_every_socket(primary, secondary):
+    session = FailoverSession([primary.url, secondary.url], state_file=False)
+    for _ in range(3):
+        session.get(primary.url + "/")
+    secondary.set(status=503)
+    session.get(primary.url + "/")  # pools to both backends are open now
+    assert primary.open_connections() >= 1
+    session.close()
+    wait_until(lambda: primary.open_connections() == 0 and secondary.open_connections() == 0, "sockets left open")
+
+
+def test_no_resource_warning_when_closed(primary, secondary):
+    code = f"""
+import gc, warnings
+warnings.simplefilter("error", ResourceWarning)
+from requests_failover import FailoverSession
+with FailoverSession([{primary.url!r}, {secondary.url!r}], state_file=False) as s:
+    s.get({primary.url!r} + "/")
+gc.collect()
+print("clean")
+"""
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "clean" in result.stdout, result.stderr
+    assert "ResourceWarning" not in result.stderr
 
 
 def test_pickling_round_trips_configuration_and_cookies(primary, secondary):
@@ -116,7 +144,7 @@ def test_pickling_round_trips_configuration_and_cookies(primary, secondary):
     assert clone.cookies.get("sid") == "abc"
     primary.set("refuse")
     assert clone.get(primary.url + "/").json()["server"] == "secondary"
-    assert clone.adapters[primary.url] is clone.failover_adapter
+    assert clone.get_adapter(primary.url + "/") is clone.failover_adapter
     session.close()
     clone.close()
 
@@ -130,3 +158,119 @@ def test_all_backends_failed_keeps_legacy_except_clauses_working(make_session, p
         session.get(primary.url + "/", timeout=(1, 0.2))
     assert isinstance(info.value, AllBackendsFailed)
     assert isinstance(info.value, requests.exceptions.RequestException)
+
+
+# -- adapters the user mounts, proxies, settings -------------------------------------------------------
+
+
+class Recording(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter that remembers what it sent."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sent = []
+
+    def send(self, request, **kwargs):
+        self.sent.append((request.url, kwargs))
+        return super().send(request, **kwargs)
+
+
+def test_adapter_mounted_by_the_user_sends_under_the_failover_loop(make_session, primary, secondary):
+    from urllib3.util.retry import Retry
+
+    session = make_session([primary.url, secondary.url])
+    mine = Recording(max_retries=Retry(total=0, read=False))
+    session.mount("http://", mine)
+    session.get(primary.url + "/")
+    primary.set("refuse")
+    assert session.get(primary.url + "/x").json()["server"] == "secondary"
+    urls = [url for url, _ in mine.sent]
+    assert primary.url + "/health" in urls, "probes go through it"
+    assert urls[-2:] == [primary.url + "/x", secondary.url + "/x"], "both attempts go through it"
+
+
+def test_explicit_transport_comes_before_a_mounted_adapter(make_session, primary, secondary):
+    explicit = Recording()
+    session = make_session([primary.url, secondary.url], transport=explicit)
+    mounted = Recording()
+    session.mount("http://", mounted)
+    session.get(primary.url + "/x")
+    assert mounted.sent == [] and explicit.sent
+
+
+def test_other_hosts_still_use_the_users_adapter(make_session, primary, secondary, tertiary):
+    session = make_session([primary.url, secondary.url])
+    mine = Recording()
+    session.mount("http://", mine)
+    session.get(tertiary.url + "/elsewhere")
+    assert [url for url, _ in mine.sent] == [tertiary.url + "/elsewhere"]
+
+
+def test_verify_cert_and_stream_reach_every_attempt(make_session, primary, secondary, tmp_path):
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("")
+    transport = Recording()
+    session = make_session([primary.url, secondary.url], transport=transport)
+    session.get(primary.url + "/")
+    primary.set("refuse")
+    session.verify = str(tmp_path / "ca.pem")
+    session.cert = (str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    session.get(primary.url + "/x", stream=True).close()
+    attempts = [kw for url, kw in transport.sent if url.endswith("/x")]
+    assert len(attempts) == 2
+    for kwargs in attempts:
+        assert kwargs["verify"] == str(tmp_path / "ca.pem")
+        assert kwargs["cert"] == (str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        assert kwargs["stream"] is True
+
+
+def test_proxy_environment_is_evaluated_for_the_backend_used(make_session, primary, secondary, tertiary, monkeypatch):
+    proxy = tertiary  # answers in its own name, recording the absolute URL it was asked for
+    local = primary.url.replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    session = make_session([local, secondary.url])
+    assert session.get(local + "/direct").json()["server"] == "primary", "NO_PROXY: primary direct"
+    primary.set("refuse")
+    response = session.get(local + "/via-proxy")
+    assert response.json()["server"] == "tertiary", "secondary is not in NO_PROXY: through the proxy"
+    assert proxy.hits()[-1].path == secondary.url + "/via-proxy"
+    session.trust_env = False
+    proxy.reset_hits()
+    assert session.get(local + "/no-env").json()["server"] == "secondary"
+    assert proxy.hits() == []
+
+
+def test_session_proxies_setting_applies(make_session, primary, secondary, tertiary):
+    session = make_session([primary.url, secondary.url])
+    session.get(primary.url + "/")
+    session.proxies = {"http": tertiary.url}
+    primary.set("refuse")
+    assert session.get(primary.url + "/p").json()["server"] == "tertiary"
+    assert tertiary.hits()[-1].path in (primary.url + "/p", secondary.url + "/p")
+
+
+def test_response_hooks_run_once_on_the_final_response(make_session, primary, secondary):
+    seen = []
+    session = make_session([primary.url, secondary.url])
+    session.hooks["response"].append(lambda r, **kw: seen.append(r.json()["server"]))
+    primary.set("refuse")
+    session.get(primary.url + "/")
+    assert seen == ["secondary"]
+
+
+def test_max_redirects_is_honoured(make_session, primary, secondary):
+    session = make_session([primary.url, secondary.url])
+    session.max_redirects = 3
+    primary.set(routes={"/loop": (302, {"Location": "/loop"})})
+    with pytest.raises(requests.exceptions.TooManyRedirects):
+        session.get(primary.url + "/loop")
+    assert len(primary.hits(health=False)) == 4
+
+
+def test_raw_stream_reads_from_the_backend_that_answered(make_session, primary, secondary):
+    session = make_session([primary.url, secondary.url])
+    primary.set("refuse")
+    response = session.get(primary.url + "/raw", stream=True)
+    assert b"secondary" in response.raw.read()
+    response.close()
