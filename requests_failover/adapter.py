@@ -23,7 +23,7 @@ from ._config import DEFAULT_HEALTH_PATHS, DEFAULT_TIMEOUT, Backend, Options, bu
 from ._health import describe_error
 from ._retry import RetryBudget, Verdict, backoff, classify, retry_after
 from ._selection import Selection
-from .exceptions import all_failed_type
+from .exceptions import AllBackendsFailed, all_failed_type
 
 __all__ = ["FailoverAdapter"]
 
@@ -246,21 +246,23 @@ class FailoverAdapter(HTTPAdapter):
         plan = self._selection.plan()
         method = request.method
         replayable = _replayable(request)
-        attempts = 1 + self._options.max_retries
-        tried: Set[str] = set()
+        tries: Dict[str, int] = {}
+        no_repeat: Set[str] = set()  # backends that read-timed out: never twice in one request
         failures: List[Tuple[str, str]] = []
-        last_error: Optional[BaseException] = None
+        errors: List[Tuple[Backend, BaseException]] = []
         last_response: Optional[requests.Response] = None
 
-        for attempt in range(attempts):
-            backend = plan[attempt % len(plan)]
+        for attempt in range(1 + self._options.max_retries):
+            backend = _next_backend(plan, attempt, tries, no_repeat)
+            if backend is None:
+                break
             if attempt:
                 if not replayable:
                     break
-                if backend.url in tried:
+                if tries.get(backend.url):
                     if not self._budget.allows_repeat():
                         break
-                    delay = backoff(self._options.retry_delay, attempt // len(plan))
+                    delay = backoff(self._options.retry_delay, tries[backend.url])
                     if deadline is not None and time.monotonic() + delay >= deadline:
                         break
                     self._sleep(delay)
@@ -268,11 +270,13 @@ class FailoverAdapter(HTTPAdapter):
                     break
                 if request.body is not None and hasattr(request.body, "seek"):
                     rewind_body(request)
-            tried.add(backend.url)
+            tries[backend.url] = tries.get(backend.url, 0) + 1
             outgoing = _rewrite(request, source, rest, backend)
+            if backend is not source:
+                kwargs["proxies"] = self._proxies_for(str(outgoing.url), str(request.url), proxies)
+            else:
+                kwargs["proxies"] = proxies
             try:
-                if backend is not source:
-                    kwargs["proxies"] = self._proxies_for(str(outgoing.url), str(request.url), proxies)
                 response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
                 if not stream:
                     # What Session.send would do right after; done here so that a
@@ -283,7 +287,9 @@ class FailoverAdapter(HTTPAdapter):
                 if verdict is Verdict.RAISE:
                     raise
                 error = describe_error(exc)
-                last_error = exc
+                errors.append((backend, exc))
+                if isinstance(exc, requests.exceptions.ReadTimeout):
+                    no_repeat.add(backend.url)
                 if last_response is not None:
                     last_response.close()
                     last_response = None
@@ -301,7 +307,7 @@ class FailoverAdapter(HTTPAdapter):
             error = f"HTTP {response.status_code}"
             if last_response is not None:
                 last_response.close()
-            last_response, last_error = response, None
+            last_response = response
             self._budget.failed()
             failures.append((backend.url, error))
             self._selection.record_failure(backend, error, retry_after(response))
@@ -310,8 +316,42 @@ class FailoverAdapter(HTTPAdapter):
 
         if last_response is not None:
             return last_response
-        assert last_error is not None
-        raise all_failed_type(type(last_error))(failures, last=last_error, request=request) from last_error
+        raise _all_failed(failures, errors, source, request)
+
+
+def _next_backend(
+    plan: Sequence[Backend], attempt: int, tries: Mapping[str, int], no_repeat: Set[str]
+) -> Optional[Backend]:
+    """The backend of this attempt: the plan in order, then around again (skipping
+    backends that read-timed out: a second wait on them would double the cost)."""
+    untried = [b for b in plan if not tries.get(b.url)]
+    if untried:
+        return untried[0]
+    again = [b for b in plan if b.url not in no_repeat]
+    if not again:
+        return None
+    return min(again, key=lambda b: tries[b.url])
+
+
+def _all_failed(
+    failures: Sequence[Tuple[str, str]],
+    errors: Sequence[Tuple[Backend, BaseException]],
+    source: Backend,
+    request: requests.PreparedRequest,
+) -> AllBackendsFailed:
+    """The exception for a request that failed everywhere.
+
+    It is an instance of every exception type met (the last attempt's first),
+    so any legacy ``except`` clause for one of them still catches it. Its
+    ``args`` are those of the error plain requests would have raised: the one
+    from the backend the URL named, if it was tried, else the last one.
+    """
+    last = errors[-1][1]
+    types = [type(exc) for _, exc in reversed(errors)]
+    plain = next((exc for backend, exc in errors if backend is source), last)
+    error = all_failed_type(*types)(failures, *plain.args, last=last, request=request)
+    error.__cause__ = last
+    return error
 
 
 def _replayable(request: requests.PreparedRequest) -> bool:
@@ -341,13 +381,13 @@ def _deadline(timeout: Any) -> Optional[float]:
     That is the longest one plain request with this timeout could wait, so
     failover never makes a caller wait longer than its timeout allowed.
     """
-    if isinstance(timeout, tuple):
+    if isinstance(timeout, tuple) and len(timeout) == 2:
         connect, read = timeout
     elif isinstance(timeout, (int, float)):
         connect = read = timeout
-    else:  # a urllib3 Timeout object: leave it alone
+    else:  # a urllib3 Timeout object, or bad input the transport will reject as requests does
         return None
-    if connect is None or read is None:
+    if not isinstance(connect, (int, float)) or not isinstance(read, (int, float)):
         return None
     return time.monotonic() + float(connect) + float(read)
 

@@ -15,7 +15,7 @@ Bad arguments raise the built-in ``TypeError`` / ``ValueError``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import requests
 
@@ -27,12 +27,15 @@ class AllBackendsFailed(requests.exceptions.ConnectionError):
 
     ``failures`` is a tuple of ``(backend_url, error)`` pairs in the order the
     attempts were made, with ``error`` a short description (never userinfo).
-    ``last`` is the exception of the last attempt (not kept across pickling).
+    ``str()`` names them all. ``args`` are those of the exception plain
+    requests would have raised (so code that digs into ``e.args[0]`` keeps
+    working), and ``last`` is the last attempt's exception (neither survives
+    pickling).
     """
 
     failures: Tuple[Tuple[str, str], ...]
     last: Optional[BaseException]
-    _wraps: Optional[Type[BaseException]] = None  # set on the per-type subclasses
+    _wraps: Tuple[Type[BaseException], ...] = ()  # set on the per-types subclasses
 
     def __init__(
         self,
@@ -43,33 +46,52 @@ class AllBackendsFailed(requests.exceptions.ConnectionError):
     ) -> None:
         self.failures = tuple((str(url), str(error)) for url, error in failures)
         self.last = last
+        super().__init__(*(args or (self._summary(),)), **kwargs)
+
+    def _summary(self) -> str:
         detail = "; ".join(f"{url}: {error}" for url, error in self.failures) or "no attempt made"
-        super().__init__(f"all backends failed ({detail})", *args, **kwargs)
+        return f"all backends failed ({detail})"
+
+    def __str__(self) -> str:
+        return self._summary()
 
     def __reduce__(self) -> Any:
         return (_rebuild, (self._wraps, self.failures))
 
 
-_cache: Dict[Type[BaseException], Type[AllBackendsFailed]] = {}
+_cache: Dict[Tuple[Type[BaseException], ...], Type[AllBackendsFailed]] = {}
 
 
-def _rebuild(base: Optional[Type[BaseException]], failures: Sequence[Tuple[str, str]]) -> AllBackendsFailed:
-    cls = AllBackendsFailed if base is None else all_failed_type(base)
-    return cls(failures)
+def _rebuild(bases: Tuple[Type[BaseException], ...], failures: Sequence[Tuple[str, str]]) -> AllBackendsFailed:
+    return all_failed_type(*bases)(failures)
 
 
-def all_failed_type(last: Type[BaseException]) -> Type[AllBackendsFailed]:
-    """The ``AllBackendsFailed`` subclass that is also an instance of ``last``.
+def all_failed_type(*errors: Type[BaseException]) -> Type[AllBackendsFailed]:
+    """The ``AllBackendsFailed`` subclass that is also an instance of each of ``errors``.
 
     ``except requests.exceptions.ReadTimeout`` then still catches a request
-    that timed out on every backend.
+    that timed out on one backend and was refused by the other. Types that are
+    not requests exceptions, or that are implied by another, are left out;
+    if no consistent class hierarchy exists, later types are dropped.
     """
-    if issubclass(last, AllBackendsFailed) or not issubclass(last, requests.exceptions.RequestException):
-        return AllBackendsFailed
-    cls = _cache.get(last)
-    if cls is None:
-        cls = type(
-            f"AllBackendsFailed[{last.__name__}]", (AllBackendsFailed, last), {"__module__": __name__, "_wraps": last}
-        )
-        _cache[last] = cls
-    return cls
+    wanted: List[Type[BaseException]] = []
+    for error in errors:
+        if not issubclass(error, requests.exceptions.RequestException) or issubclass(AllBackendsFailed, error):
+            continue
+        if error not in wanted:
+            wanted.append(error)
+    wanted = [c for c in wanted if not any(o is not c and issubclass(o, c) for o in wanted)]
+    key = tuple(wanted)
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    result: Type[AllBackendsFailed] = AllBackendsFailed
+    while wanted:
+        name = "AllBackendsFailed[" + ", ".join(c.__name__ for c in wanted) + "]"
+        try:
+            result = type(name, (AllBackendsFailed, *wanted), {"__module__": __name__, "_wraps": tuple(wanted)})
+            break
+        except TypeError:  # no consistent method resolution order: drop the least recent type
+            wanted.pop()
+    _cache[key] = result
+    return result

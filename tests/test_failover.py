@@ -520,3 +520,25 @@ def test_library_never_prints(make_session: Make, primary, secondary, capsys):
     primary.set("refuse")
     session.get(primary.url + "/")
     assert capsys.readouterr() == ("", "")
+
+
+def test_timeout_then_refused_is_still_a_read_timeout_with_the_plain_args(make_session: Make, primary, secondary):
+    session = make_session([primary.url, secondary.url])
+    session.get(primary.url + "/")
+    primary.set("blackhole")
+    secondary.set("refuse")
+    with pytest.raises(requests.exceptions.ReadTimeout) as info:
+        session.get(primary.url + "/slow", timeout=(1, 0.3))
+    error = info.value
+    assert isinstance(error, AllBackendsFailed) and isinstance(error, requests.exceptions.ConnectionError)
+    assert "Read timed out" in str(error.args[0].args[0]), "args are those plain requests would raise"
+    assert primary.url in str(error) and secondary.url in str(error)
+    assert app_hits(primary, "GET") == 2, "a backend that read-timed out is not waited on twice"
+
+
+def test_invalid_timeout_is_rejected_as_requests_rejects_it(make_session: Make, primary, secondary):
+    session = make_session([primary.url, secondary.url])
+    with pytest.raises(ValueError, match=r"\(connect, read\)"):
+        session.get(primary.url + "/", timeout=(1, 2, 3))
+    with pytest.raises(ValueError):
+        session.get(primary.url + "/", timeout="soon")

@@ -206,3 +206,12 @@ def test_all_backends_failed_is_also_the_last_error_and_pickles(last):
     assert type(clone) is type(error)
     assert clone.failures == error.failures
     assert A in str(clone) and "timed out" in str(clone)
+
+
+def test_all_backends_failed_is_an_instance_of_every_error_met():
+    cls = all_failed_type(requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout)
+    error = cls([(A, "refused"), (B, "timed out")])
+    assert isinstance(error, requests.exceptions.ReadTimeout)
+    assert isinstance(error, requests.exceptions.ConnectionError)
+    assert all_failed_type(requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout).__mro__
+    assert all_failed_type(ValueError) is AllBackendsFailed
