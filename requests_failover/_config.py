@@ -41,21 +41,17 @@ class Backend:
     port: int
     base_path: str  # "" or "/api" (never a trailing slash)
     auth: Optional[Tuple[str, str]] = field(default=None, repr=False, compare=False)
+    # derived once: every request reads them
+    netloc: str = field(init=False, repr=False, compare=False)
+    origin: str = field(init=False, repr=False, compare=False)
+    url: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def netloc(self) -> str:
+    def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port == _DEFAULT_PORTS[self.scheme]:
-            return host
-        return f"{host}:{self.port}"
-
-    @property
-    def origin(self) -> str:
-        return f"{self.scheme}://{self.netloc}"
-
-    @property
-    def url(self) -> str:
-        return self.origin + self.base_path
+        netloc = host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+        object.__setattr__(self, "netloc", netloc)
+        object.__setattr__(self, "origin", f"{self.scheme}://{netloc}")
+        object.__setattr__(self, "url", f"{self.scheme}://{netloc}{self.base_path}")
 
     def origins(self) -> Tuple[str, ...]:
         """Every lower-case ``scheme://host[:port]`` spelling that names this backend."""

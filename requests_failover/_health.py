@@ -39,7 +39,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def prepare(backend: Backend, path: str, headers: Optional[Mapping[str, str]] = None) -> requests.PreparedRequest:
-    request = requests.Request("GET", backend.origin + backend.base_path + path, headers=dict(headers or {}))
+    request = requests.Request("GET", backend.url + path, headers=dict(headers or {}))
     prepared = request.prepare()
     if backend.auth is not None:
         prepared = HTTPBasicAuth(*backend.auth)(prepared)

@@ -40,6 +40,9 @@ class Health:
         return now >= self.down_until and now >= self.hold_until
 
 
+_UNKNOWN = Health()
+
+
 @dataclass(frozen=True)
 class State:
     """The selection of one backend set: what the shared file holds."""
@@ -51,7 +54,7 @@ class State:
     probing_until: float = 0.0  # a probe round claimed by some process runs until then
 
     def record(self, url: str) -> Health:
-        return self.health.get(url, Health())
+        return self.health.get(url, _UNKNOWN)
 
     def current(self) -> str:
         """The backend requests go to: the selection, else the first one."""

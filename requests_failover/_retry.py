@@ -71,6 +71,8 @@ def classify(
     error: Optional[BaseException] = None,
 ) -> Verdict:
     """The one place that decides what an attempt's outcome means."""
+    if response is not None and response.status_code not in RETRY_STATUSES:
+        return Verdict.SUCCESS  # the common case first
     if error is not None:
         reached = reached_server(error)
         if reached is None:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _pool
 from ._config import Backend, Options
@@ -51,6 +51,7 @@ class Selection:
         self._reset_locks()
         loaded = self._store.load(self._backends, clock())
         self._state: State = loaded or State(self._backends)
+        self._plan_cache: Optional[Tuple[State, float, List[Backend]]] = None
 
     def _reset_locks(self) -> None:
         self._pid = os.getpid()
@@ -79,7 +80,16 @@ class Selection:
         return self._state
 
     def plan(self) -> List[Backend]:
-        return [self._by_url[url] for url in _pool.plan(self._state, self._clock())]
+        """The order of backends for one request (cached until the state or the time it depends on changes)."""
+        state, now = self._state, self._clock()
+        cached = self._plan_cache
+        if cached is not None and cached[0] is state and now < cached[1]:
+            return cached[2]
+        order = [self._by_url[url] for url in _pool.plan(state, now)]
+        # the plan depends on time only through the down/hold times still ahead
+        ahead = [t for h in state.health.values() for t in (h.down_until, h.hold_until) if t > now]
+        self._plan_cache = (state, min(ahead, default=float("inf")), order)
+        return order
 
     # -- probing ----------------------------------------------------------------
     def ensure_fresh(self, send_kwargs: Mapping[str, Any]) -> None:
@@ -143,8 +153,12 @@ class Selection:
         )
 
     def record_success(self, backend: Backend) -> None:
-        now = self._clock()
-        if _pool.mark_succeeded(self._state, backend.url, now) is self._state:
+        state = self._state
+        if backend.url == state.active:
+            health = state.health.get(backend.url)
+            if health is not None and health.healthy is True and health.consecutive_failures == 0:
+                return  # the hot path: the selected backend answered, as expected
+        if _pool.mark_succeeded(state, backend.url, self._clock()) is state:
             return  # the common case: nothing changed, nothing written
         self._update(lambda s: _pool.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
 

@@ -118,6 +118,7 @@ class FailoverAdapter(HTTPAdapter):
         for candidates in by_origin.values():
             candidates.sort(key=lambda b: len(b.base_path), reverse=True)
         self._by_origin = by_origin
+        self._last_match: Tuple[Optional[str], Optional[Tuple[Backend, str]]] = (None, None)
         self._selection = Selection(self._options, self._send_one, self._clock)
         self._budget = RetryBudget()
         self._host: Optional[Callable[[], Any]] = None  # weakref to the FailoverSession mounting us
@@ -198,6 +199,14 @@ class FailoverAdapter(HTTPAdapter):
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None."""
+        last = self._last_match  # Session.get_adapter and send ask about the same URL in turn
+        if last[0] is url:
+            return last[1]
+        result = self._match(url)
+        self._last_match = (url, result)
+        return result
+
+    def _match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         if not url:
             return None
         scheme_end = url.find("://")
@@ -240,7 +249,8 @@ class FailoverAdapter(HTTPAdapter):
         source, rest = matched
         if timeout is None:
             timeout = self._options.default_timeout
-        deadline = _deadline(timeout)
+        started = time.monotonic()
+        deadline: Optional[float] = None  # computed when a second attempt is considered
 
         self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
         plan = self._selection.plan()
@@ -259,6 +269,8 @@ class FailoverAdapter(HTTPAdapter):
             if attempt:
                 if not replayable:
                     break
+                if attempt == 1:
+                    deadline = _deadline(timeout, started)
                 if tries.get(backend.url):
                     if not self._budget.allows_repeat():
                         break
@@ -366,16 +378,18 @@ def _replayable(request: requests.PreparedRequest) -> bool:
 def _rewrite(
     request: requests.PreparedRequest, source: Backend, rest: str, target: Backend
 ) -> requests.PreparedRequest:
-    """A copy of ``request`` addressed to ``target`` (the original is never changed)."""
+    """``request`` addressed to ``target``: a copy, so the caller's request is never
+    changed. To the backend the URL names, it goes as is, as plain requests sends it."""
+    if target is source:
+        return request
     outgoing = request.copy()
-    if target is not source:
-        outgoing.url = target.origin + target.base_path + rest
-        if target.auth is not None and "Authorization" not in outgoing.headers:
-            outgoing = HTTPBasicAuth(*target.auth)(outgoing)
+    outgoing.url = target.url + rest
+    if target.auth is not None and "Authorization" not in outgoing.headers:
+        outgoing = HTTPBasicAuth(*target.auth)(outgoing)
     return outgoing
 
 
-def _deadline(timeout: Any) -> Optional[float]:
+def _deadline(timeout: Any, started: float) -> Optional[float]:
     """Monotonic time after which no attempt starts: now + connect + read.
 
     That is the longest one plain request with this timeout could wait, so
@@ -389,7 +403,7 @@ def _deadline(timeout: Any) -> Optional[float]:
         return None
     if not isinstance(connect, (int, float)) or not isinstance(read, (int, float)):
         return None
-    return time.monotonic() + float(connect) + float(read)
+    return started + float(connect) + float(read)
 
 
 def _clip(timeout: Any, deadline: Optional[float], attempt: int) -> Any:

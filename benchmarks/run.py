@@ -1,0 +1,413 @@
+"""What failover costs, measured side by side with plain ``requests.Session``.
+
+Usage::
+
+    python benchmarks/run.py            # the full table (about a minute)
+    python benchmarks/run.py --quick    # fewer rounds
+    python benchmarks/run.py --profile  # also profile the hot path
+
+The backends run in a separate process (loopback, ephemeral ports), so the
+client's own costs are what the figures show. Each throughput figure is the
+median of interleaved rounds (plain, failover, plain, ...) and is given as a
+ratio to the plain session measured in the same run: absolute numbers on a
+shared machine drift, ratios much less. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from typing import Any, Callable, Dict, List, Tuple
+
+import requests
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import requests_failover
+from requests_failover import FailoverSession
+
+CTX = multiprocessing.get_context("spawn")
+
+
+# -- backends in their own process ---------------------------------------------------------------
+
+
+def _serve(conn: Any) -> None:
+    from requests_failover._loopback import LoopbackServer
+
+    servers = {"primary": LoopbackServer("primary"), "secondary": LoopbackServer("secondary")}
+    conn.send({name: s.url for name, s in servers.items()})
+    while True:
+        command, name, *args = conn.recv()
+        if command == "exit":
+            return
+        server = servers[name]
+        if command == "set":
+            server.set(args[0], **args[1])
+            conn.send("ok")
+        elif command == "hits":
+            worker = args[0]
+            conn.send(len([h for h in server.hits(health=False) if h.headers.get("X-Worker") == worker]))
+        elif command == "reset":
+            server.reset_hits()
+            conn.send("ok")
+
+
+class Backends:
+    def __init__(self) -> None:
+        self.conn, child = CTX.Pipe()
+        self.process = CTX.Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        urls = self.conn.recv()
+        self.primary, self.secondary = urls["primary"], urls["secondary"]
+
+    def set(self, name: str, mode: str = "up", **kwargs: Any) -> None:
+        self.conn.send(("set", name, mode, kwargs))
+        self.conn.recv()
+
+    def hits(self, name: str, worker: str) -> int:
+        self.conn.send(("hits", name, worker))
+        return int(self.conn.recv())
+
+    def reset(self, name: str) -> None:
+        self.conn.send(("reset", name))
+        self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(("exit", ""))
+        self.process.join(10)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def burst(session: requests.Session, url: str, count: int, threads: int, **kwargs: Any) -> Tuple[float, float]:
+    """Send ``count`` GETs over ``threads`` threads; return (wall seconds, client CPU seconds)."""
+    per = count // threads
+
+    def run() -> None:
+        for _ in range(per):
+            session.get(url, **kwargs).content  # noqa: B018
+
+    cpu = time.process_time()
+    started = time.perf_counter()
+    if threads == 1:
+        run()
+    else:
+        pool = [threading.Thread(target=run) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+# -- 1. steady state -----------------------------------------------------------------------------------
+
+
+def steady_state(b: Backends, rounds: int, count: int, threads: int) -> Dict[str, Any]:
+    """Legacy calls (no timeout): plain, plain with our default timeout, failover."""
+    plain = requests.Session()
+    failover = FailoverSession([b.primary, b.secondary], state_file=False)
+    url = b.primary + "/bench"
+    variants = {
+        "plain": (plain, {}),
+        "plain_timeout": (plain, {"timeout": (3.0, 30.0)}),  # what failover adds by default
+        "failover": (failover, {}),
+    }
+    for session, kwargs in variants.values():
+        burst(session, url, 50, threads, **kwargs)  # warm: connections, selection
+    wall: Dict[str, List[float]] = {k: [] for k in variants}
+    cpu: Dict[str, List[float]] = {k: [] for k in variants}
+    ratio: Dict[str, List[float]] = {"plain": [], "plain_timeout": []}
+    names = list(variants)
+    for i in range(rounds):
+        order = names[i % 3 :] + names[: i % 3]  # rotate, so no variant always runs first
+        for name in order:
+            session, kwargs = variants[name]
+            seconds, cpu_seconds = burst(session, url, count, threads, **kwargs)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds / count * 1e6)
+        for base in ratio:
+            ratio[base].append(wall[base][-1] / wall["failover"][-1])  # throughput ratio
+    plain.close()
+    failover.close()
+    return {
+        **{f"{k}_rps": count / statistics.median(v) for k, v in wall.items()},
+        **{f"{k}_cpu_us": statistics.median(v) for k, v in cpu.items()},
+        "ratio": statistics.median(ratio["plain"]),
+        "ratio_same_timeout": statistics.median(ratio["plain_timeout"]),
+    }
+
+
+# -- 2. refused primary ------------------------------------------------------------------------------------
+
+
+def refused_failover(b: Backends, rounds: int) -> Dict[str, Any]:
+    added = []
+    plain = requests.Session()
+    plain.get(b.secondary + "/warm")
+    for _ in range(rounds):
+        b.set("primary", "up")
+        session = FailoverSession([b.primary, b.secondary], state_file=False)
+        session.get(b.primary + "/warm")
+        b.set("primary", "refuse")
+        first = timed(lambda s=session: s.get(b.primary + "/first"))
+        baseline = statistics.median(timed(lambda: plain.get(b.secondary + "/base")) for _ in range(5))
+        added.append((first - baseline) * 1000)
+        session.close()
+    b.set("primary", "up")
+    plain.close()
+    return {"added_ms": statistics.median(added), "worst_added_ms": max(added)}
+
+
+# -- 3 and 4. several processes sharing the file ----------------------------------------------------------------
+
+
+def _worker(backends: List[str], state: str, name: str, go: Any, done: Any, count: int, slow: float, out: Any) -> None:
+    session = FailoverSession(backends, state_file=state, default_timeout=(1.0, 5.0))
+    session.get(backends[0] + "/warm", headers={"X-Worker": "warm"})
+    done.put(("ready", name, 0))
+    go.wait()
+    paid = 0
+    for _ in range(count):
+        if timed(lambda: session.get(backends[0] + "/work", headers={"X-Worker": name})) > slow:
+            paid += 1
+    out.put(("done", name, paid))
+    session.close()
+
+
+def shared(b: Backends, processes: int, mode: str, count: int = 20) -> Dict[str, Any]:
+    """``processes`` workers warm up on the primary; the primary dies (``mode``);
+    this process meets the outage first; then the workers send ``count`` requests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = os.path.join(tmp, "state.json")
+        backends = [b.primary, b.secondary]
+        go, queue = CTX.Event(), CTX.Queue()
+        workers = [
+            CTX.Process(target=_worker, args=(backends, state, f"w{i}", go, queue, count, 0.5, queue), daemon=True)
+            for i in range(processes)
+        ]
+        for w in workers:
+            w.start()
+        for _ in workers:
+            queue.get(timeout=120)
+        b.set("primary", mode, status=503) if mode == "up" else b.set("primary", mode)
+        b.reset("primary")
+        session = FailoverSession(backends, state_file=state, default_timeout=(1.0, 5.0))
+        first = timed(lambda: session.get(b.primary + "/first", headers={"X-Worker": "discoverer"}))
+        later = [
+            timed(lambda: session.get(b.primary + "/later", headers={"X-Worker": "discoverer"})) for _ in range(20)
+        ]
+        go.set()
+        paid = 0
+        for _ in workers:
+            _, _, worker_paid = queue.get(timeout=120)
+            paid += worker_paid
+        for w in workers:
+            w.join(60)
+        reached = sum(b.hits("primary", f"w{i}") for i in range(processes)) if mode == "up" else None
+        session.close()
+        b.set("primary", "up", status=200)
+        return {
+            "first_ms": first * 1000,
+            "later_paid": sum(1 for t in later if t > 0.5),
+            "others_paid": paid,
+            "others_reached_dead_primary": reached,
+            "others_requests": processes * count,
+        }
+
+
+# -- 5. cold start -------------------------------------------------------------------------------------------
+
+
+def cold_start(b: Backends, rounds: int) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = os.path.join(tmp, "state.json")
+        with FailoverSession([b.primary, b.secondary], state_file=state) as s:
+            s.get(b.primary + "/")
+        plain_t, disk_t, probe_t = [], [], []
+        for _ in range(rounds):
+            with requests.Session() as p:
+                plain_t.append(timed(lambda p=p: p.get(b.primary + "/cold")))
+            with FailoverSession([b.primary, b.secondary], state_file=state) as f:
+                disk_t.append(timed(lambda f=f: f.get(b.primary + "/cold")))
+            with FailoverSession([b.primary, b.secondary], state_file=False) as f:
+                probe_t.append(timed(lambda f=f: f.get(b.primary + "/cold")))
+    return {
+        "plain_ms": statistics.median(plain_t) * 1000,
+        "fresh_on_disk_ms": statistics.median(disk_t) * 1000,
+        "no_selection_ms": statistics.median(probe_t) * 1000,
+    }
+
+
+# -- 6. memory -------------------------------------------------------------------------------------------------
+
+
+def memory(b: Backends) -> Dict[str, Any]:
+    def allocated(make: Callable[[], requests.Session]) -> float:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        sessions = [make() for _ in range(50)]
+        for s in sessions:
+            s.get(b.primary + "/m")
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        size = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        for s in sessions:
+            s.close()
+        return size / len(sessions)
+
+    plain = allocated(requests.Session)
+    failover = allocated(lambda: FailoverSession([b.primary, b.secondary], state_file=False))
+    return {"plain_bytes": plain, "failover_bytes": failover, "added_bytes": failover - plain}
+
+
+def profile(b: Backends, count: int) -> str:
+    session = FailoverSession([b.primary, b.secondary], state_file=False)
+    session.get(b.primary + "/")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(count):
+        session.get(b.primary + "/p")
+    profiler.disable()
+    session.close()
+    stream = __import__("io").StringIO()
+    stats = pstats.Stats(profiler, stream=stream).sort_stats("tottime")
+    stats.print_stats("requests_failover", 12)
+    return stream.getvalue()
+
+
+# -- main ----------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--profile", action="store_true", help="profile the hot path too")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    args = parser.parse_args()
+    rounds, count = (3, 200) if args.quick else (9, 800)
+
+    b = Backends()
+    results: Dict[str, Any] = {}
+    try:
+        results["steady_1_thread"] = steady_state(b, rounds, count, 1)
+        results["steady_8_threads"] = steady_state(b, rounds, count, 8)
+        results["refused"] = refused_failover(b, rounds)
+        results["blackholed"] = shared(b, 3, "drop")
+        for n in (2, 4, 8):
+            results[f"propagation_{n}"] = shared(b, n, "up")
+        results["cold"] = cold_start(b, rounds)
+        results["memory"] = memory(b)
+        hot = profile(b, 2000) if args.profile else ""
+    finally:
+        b.close()
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    r = results
+    rows: List[Tuple[str, str, str, str]] = []
+    for label, key in (("1 thread", "steady_1_thread"), ("8 threads", "steady_8_threads")):
+        s = r[key]
+        fo, plain, timed_plain = s["failover_rps"], s["plain_rps"], s["plain_timeout_rps"]
+        cpu = f"{s['failover_cpu_us']:.0f} vs {s['plain_cpu_us']:.0f} us (with timeout {s['plain_timeout_cpu_us']:.0f})"
+        rows += [
+            (f"steady state, {label}", f"{fo:.0f} vs {plain:.0f} req/s", f"{s['ratio']:.3f}", ">= 0.97"),
+            (
+                "  plain given our default timeout",
+                f"{fo:.0f} vs {timed_plain:.0f} req/s",
+                f"{s['ratio_same_timeout']:.3f}",
+                ">= 0.97",
+            ),
+            (f"  client CPU per request, {label}", cpu, f"{s['plain_cpu_us'] / s['failover_cpu_us']:.3f}", ""),
+        ]
+    refused, holed = r["refused"], r["blackholed"]
+    rows += [
+        (
+            "refused primary: first request, added",
+            f"{refused['added_ms']:.2f} ms (worst {refused['worst_added_ms']:.2f})",
+            "",
+            "< 10 ms",
+        ),
+        ("black-holed primary: first request", f"{holed['first_ms']:.0f} ms (connect timeout 1 s)", "", "pays once"),
+        (
+            "black-holed: later requests that paid a timeout",
+            f"{holed['later_paid']} of 20 here, {holed['others_paid']} of {holed['others_requests']} in 3 others",
+            "",
+            "0",
+        ),
+    ]
+    for n in (2, 4, 8):
+        p = r[f"propagation_{n}"]
+        rows.append(
+            (
+                f"propagation, {n} processes: requests reaching the dead primary",
+                f"{p['others_reached_dead_primary']} of {p['others_requests']}",
+                "",
+                "0",
+            )
+        )
+    c, m = r["cold"], r["memory"]
+    rows += [
+        (
+            "cold start, fresh selection on disk",
+            f"{c['fresh_on_disk_ms']:.1f} vs {c['plain_ms']:.1f} ms plain",
+            f"{c['fresh_on_disk_ms'] / c['plain_ms']:.2f}",
+            "no probe",
+        ),
+        (
+            "cold start, no selection (concurrent probes)",
+            f"{c['no_selection_ms']:.1f} vs {c['plain_ms']:.1f} ms plain",
+            f"{c['no_selection_ms'] / c['plain_ms']:.2f}",
+            "",
+        ),
+        (
+            "memory per session, added",
+            f"{m['added_bytes'] / 1024:.1f} KiB ({m['failover_bytes'] / 1024:.1f} vs {m['plain_bytes'] / 1024:.1f})",
+            "",
+            "",
+        ),
+    ]
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = ("figure", "failover vs plain", "ratio", "target")
+    width = [max(w, len(h)) for w, h in zip(width, header)]
+    line = "  ".join("=" * w for w in width)
+    print(
+        f"requests-failover {requests_failover.__version__}, requests {requests.__version__}, "
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores"
+    )
+    print(line)
+    print("  ".join(h.ljust(w) for h, w in zip(header, width)))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, width)))
+    print(line)
+    if hot:
+        print("\nhot path (cProfile, 2000 GETs, requests_failover functions by own time):\n")
+        print(hot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
