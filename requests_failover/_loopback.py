@@ -217,7 +217,7 @@ class LoopbackServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: LoopbackServer  # type: ignore[assignment]
+    server: LoopbackServer  # type: ignore[assignment]  # we pass our own object as the "server"
 
     def log_message(self, format: str, *args: object) -> None:
         pass

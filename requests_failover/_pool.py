@@ -81,7 +81,7 @@ class ProbeResult:
 def _replace(state: State, url: str, health: Health, **changes: object) -> State:
     table: Dict[str, Health] = dict(state.health)
     table[url] = health
-    return dataclasses.replace(state, health=table, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(state, health=table, **changes)  # type: ignore[arg-type]  # changes are State fields
 
 
 def plan(state: State, now: float) -> List[str]:
