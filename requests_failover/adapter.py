@@ -263,7 +263,7 @@ class FailoverAdapter(HTTPAdapter):
         last_response: Optional[requests.Response] = None
 
         for attempt in range(1 + self._options.max_retries):
-            backend = _next_backend(plan, attempt, tries, no_repeat)
+            backend = _next_backend(plan, tries, no_repeat)
             if backend is None:
                 break
             if attempt:
@@ -313,6 +313,8 @@ class FailoverAdapter(HTTPAdapter):
                 continue
             verdict = classify(method, request.headers, response=response)
             if verdict is Verdict.SUCCESS:
+                if last_response is not None:
+                    last_response.close()  # an earlier 5xx: give its connection back
                 self._budget.succeeded()
                 self._selection.record_success(backend)
                 return response
@@ -331,9 +333,7 @@ class FailoverAdapter(HTTPAdapter):
         raise _all_failed(failures, errors, source, request)
 
 
-def _next_backend(
-    plan: Sequence[Backend], attempt: int, tries: Mapping[str, int], no_repeat: Set[str]
-) -> Optional[Backend]:
+def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: Set[str]) -> Optional[Backend]:
     """The backend of this attempt: the plan in order, then around again (skipping
     backends that read-timed out: a second wait on them would double the cost)."""
     untried = [b for b in plan if not tries.get(b.url)]

@@ -274,3 +274,23 @@ def test_raw_stream_reads_from_the_backend_that_answered(make_session, primary, 
     response = session.get(primary.url + "/raw", stream=True)
     assert b"secondary" in response.raw.read()
     response.close()
+
+
+def test_a_streamed_5xx_that_was_failed_over_gives_its_connection_back(make_session, primary, secondary):
+    class Keeping(requests.adapters.HTTPAdapter):
+        def __init__(self):
+            super().__init__()
+            self.responses = []
+
+        def send(self, request, **kwargs):
+            self.responses.append(super().send(request, **kwargs))
+            return self.responses[-1]
+
+    transport = Keeping()
+    session = make_session([primary.url, secondary.url], transport=transport)
+    session.get(primary.url + "/")
+    primary.set(status=503)
+    with session.get(primary.url + "/s", stream=True) as response:
+        assert response.json()["server"] == "secondary"
+        failed = [r for r in transport.responses if r.status_code == 503]
+        assert len(failed) == 1 and failed[0].raw.closed, "the 503 was closed, its connection released"
