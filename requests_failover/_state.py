@@ -272,5 +272,9 @@ def open_store(state_file: object, backends: Sequence[str]) -> Store:
     if state_file is False:
         return MemoryStore()
     if state_file is None:
-        return FileStore(default_path(backends))
+        try:
+            return FileStore(default_path(backends))
+        except (RuntimeError, KeyError, OSError) as exc:  # no home directory to be found
+            log.warning("no cache directory for the state file (%s); keeping the selection in memory only", exc)
+            return MemoryStore()
     return FileStore(str(state_file))

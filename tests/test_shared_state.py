@@ -424,3 +424,17 @@ def test_stress_six_processes_four_threads_through_two_outages(primary, secondar
     assert bad_reads == [], bad_reads[:5]
     assert tertiary.hits() == []
     assert len(secondary.hits(health=False)) > 0, "the outages really moved traffic"
+
+
+def test_no_home_directory_degrades_to_memory(primary, secondary, monkeypatch, caplog):
+    from pathlib import Path
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with FailoverSession([primary.url, secondary.url]) as session:
+        assert session.get(primary.url + "/").json()["server"] == "primary"
+        assert session.status()["state_file"] is None
+    assert any("memory only" in r.getMessage() for r in caplog.records)
