@@ -95,6 +95,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     checked = status["last_health_check"]
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checked)) if checked else "never"
+    if status["development_mode"]:
+        print("development mode: REQUESTS_FAILOVER_BACKENDS replaces the URLs given")
     print(f"state file:    {status['state_file']}")
     print(f"active:        {status['active_backend']}")
     print(f"last checked:  {when} ({'fresh' if status['cache_valid'] else 'stale'})")

@@ -122,3 +122,9 @@ def test_demo_shows_failover_and_failback_and_exits_0():
 def test_console_script_is_installed():
     result = subprocess.run(["requests-failover", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "requests-failover" in result.stdout
+
+
+def test_status_says_when_development_mode_replaces_the_urls(primary, secondary):
+    result = run("status", "https://prod.example", env_extra={"REQUESTS_FAILOVER_BACKENDS": secondary.url})
+    assert result.returncode == 0, result.stderr
+    assert "development mode" in result.stdout and secondary.url in result.stdout
