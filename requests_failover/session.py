@@ -22,10 +22,14 @@ class FailoverSession(requests.Session):
     sends them. Keyword options are those of :class:`FailoverAdapter`.
     """
 
-    __attrs__ = [*requests.Session.__attrs__, "failover_adapter"]
+    __attrs__ = [*requests.Session.__attrs__, "failover_adapter", "_stock_adapters"]
 
     def __init__(self, backends: Sequence[str], **options: Any) -> None:
         super().__init__()
+        # The adapters requests mounts by itself. For backend URLs they give way
+        # to the failover adapter's own pools (and its pool_* options); any
+        # other adapter found for a backend URL was mounted by the user.
+        self._stock_adapters = tuple(self.adapters.values())
         #: The adapter that handles every request to a backend.
         self.failover_adapter = FailoverAdapter(backends, **options)
         self.failover_adapter._attach(self)
@@ -45,7 +49,7 @@ class FailoverSession(requests.Session):
         return super().get_adapter(url)
 
     def _mounted_for(self, url: Optional[str]) -> Optional[BaseAdapter]:
-        """The adapter that sends one attempt to ``url``: the one requests would choose.
+        """The adapter the user mounted for ``url``, if any (as requests would choose it).
 
         So an adapter the user mounts (``s.mount("https://", HTTPAdapter(
         max_retries=Retry(...)))``, custom pools or TLS) sends to the backends
@@ -53,9 +57,10 @@ class FailoverSession(requests.Session):
         this, then the failover adapter's own ``HTTPAdapter`` machinery.
         """
         try:
-            return super().get_adapter(url or "")
+            adapter = super().get_adapter(url or "")
         except requests.exceptions.InvalidSchema:
             return None
+        return None if any(adapter is stock for stock in self._stock_adapters) else adapter
 
     def close(self) -> None:
         """Close every adapter, the failover adapter and its transport included."""

@@ -294,3 +294,11 @@ def test_a_streamed_5xx_that_was_failed_over_gives_its_connection_back(make_sess
         assert response.json()["server"] == "secondary"
         failed = [r for r in transport.responses if r.status_code == 503]
         assert len(failed) == 1 and failed[0].raw.closed, "the 503 was closed, its connection released"
+
+
+def test_pool_options_of_the_session_apply_to_backends(primary, secondary):
+    with FailoverSession([primary.url, secondary.url], state_file=False, pool_maxsize=3) as session:
+        session.get(primary.url + "/")
+        ours, stock = session.failover_adapter.poolmanager.pools, session.adapters["http://"].poolmanager.pools
+        assert len(ours) >= 1 and len(stock) == 0, "the failover adapter's own pools sent it"
+        assert session.failover_adapter._pool_maxsize == 3
