@@ -77,6 +77,7 @@ def probe(
             return ProbeResult(backend.url, False, path, None, latency, error)
         latency = round((clock() - started) * 1000, 3)
         status = response.status_code
+        response.content  # noqa: B018 - read the (small) body so the connection goes back to the pool
         response.close()
         log.debug("probe %s%s answered %s in %.1f ms", backend.url, path, status, latency)
         if 200 <= status < 300:

@@ -154,7 +154,7 @@ class Selection:
 
     def record_success(self, backend: Backend) -> None:
         state = self._state
-        if backend.url == state.active:
+        if backend.url == state.current():
             health = state.health.get(backend.url)
             if health is not None and health.healthy is True and health.consecutive_failures == 0:
                 return  # the hot path: the selected backend answered, as expected

@@ -336,6 +336,8 @@ class FailoverAdapter(HTTPAdapter):
 def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: Set[str]) -> Optional[Backend]:
     """The backend of this attempt: the plan in order, then around again (skipping
     backends that read-timed out: a second wait on them would double the cost)."""
+    if not tries:
+        return plan[0]
     untried = [b for b in plan if not tries.get(b.url)]
     if untried:
         return untried[0]
