@@ -302,3 +302,21 @@ def test_pool_options_of_the_session_apply_to_backends(primary, secondary):
         ours, stock = session.failover_adapter.poolmanager.pools, session.adapters["http://"].poolmanager.pools
         assert len(ours) >= 1 and len(stock) == 0, "the failover adapter's own pools sent it"
         assert session.failover_adapter._pool_maxsize == 3
+
+
+def test_a_minimal_custom_transport_works_for_probes_and_requests():
+    class Canned(requests.adapters.BaseAdapter):
+        """Answers 200 to everything, with a body and no raw stream."""
+
+        def send(self, request, **kwargs):
+            response = requests.Response()
+            response.status_code, response._content, response.url, response.request = 200, b"ok", request.url, request
+            return response
+
+        def close(self):
+            pass
+
+    with FailoverSession([P, S], transport=Canned(), state_file=False) as session:
+        assert session.get(P + "/x").text == "ok"
+        first = session.status()["backends"][0]
+        assert first["healthy"] is True and first["last_error"] is None, first
