@@ -23,8 +23,6 @@ DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-TimeoutArg = Union[None, float, Tuple[Optional[float], Optional[float]]]
-
 
 @dataclass(frozen=True)
 class Backend:

@@ -38,8 +38,8 @@ def describe_error(exc: BaseException) -> str:
     return name
 
 
-def prepare(backend: Backend, path: str, headers: Optional[Mapping[str, str]] = None) -> requests.PreparedRequest:
-    request = requests.Request("GET", backend.url + path, headers=dict(headers or {}))
+def prepare(backend: Backend, path: str) -> requests.PreparedRequest:
+    request = requests.Request("GET", backend.url + path)
     prepared = request.prepare()
     if backend.auth is not None:
         prepared = HTTPBasicAuth(*backend.auth)(prepared)

@@ -63,7 +63,6 @@ class LoopbackServer:
         self._conns: List[socket.socket] = []
         self._listener: Optional[socket.socket] = None
         self._filler: Optional[socket.socket] = None
-        self._closed = False
         self.port = 0
         self.port = self._listen(backlog=64).getsockname()[1]
 
@@ -140,7 +139,6 @@ class LoopbackServer:
             self._hits.clear()
 
     def close(self) -> None:
-        self._closed = True
         self._close_listener()
         self._drop_connections()
 

@@ -64,10 +64,6 @@ class Selection:
         if self._pid != os.getpid():
             self._reset_locks()
 
-    @property
-    def state_file(self) -> Optional[str]:
-        return self._store.location
-
     # -- reading --------------------------------------------------------------
     def sync(self) -> State:
         """The current state, adopting another process's change if there is one (one stat)."""

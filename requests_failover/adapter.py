@@ -382,11 +382,13 @@ def _rewrite(
 ) -> requests.PreparedRequest:
     """``request`` addressed to ``target``: a copy, so the caller's request is never
     changed. To the backend the URL names, it goes as is, as plain requests sends it."""
-    if target is source:
+    needs_auth = target.auth is not None and "Authorization" not in request.headers
+    if target is source and not needs_auth:
         return request
     outgoing = request.copy()
-    outgoing.url = target.url + rest
-    if target.auth is not None and "Authorization" not in outgoing.headers:
+    if target is not source:
+        outgoing.url = target.url + rest
+    if needs_auth:
         outgoing = HTTPBasicAuth(*target.auth)(outgoing)
     return outgoing
 
