@@ -382,14 +382,14 @@ def _rewrite(
 ) -> requests.PreparedRequest:
     """``request`` addressed to ``target``: a copy, so the caller's request is never
     changed. To the backend the URL names, it goes as is, as plain requests sends it."""
-    needs_auth = target.auth is not None and "Authorization" not in request.headers
-    if target is source and not needs_auth:
+    auth = target.auth if "Authorization" not in request.headers else None
+    if target is source and auth is None:
         return request
     outgoing = request.copy()
     if target is not source:
         outgoing.url = target.url + rest
-    if needs_auth:
-        outgoing = HTTPBasicAuth(*target.auth)(outgoing)
+    if auth is not None:
+        outgoing = HTTPBasicAuth(*auth)(outgoing)
     return outgoing
 
 
