@@ -382,7 +382,9 @@ def _rewrite(
 ) -> requests.PreparedRequest:
     """``request`` addressed to ``target``: a copy, so the caller's request is never
     changed. To the backend the URL names, it goes as is, as plain requests sends it."""
-    auth = target.auth if "Authorization" not in request.headers else None
+    auth = target.auth
+    if auth is not None and "Authorization" in request.headers:
+        auth = None  # the caller's own credentials win
     if target is source and auth is None:
         return request
     outgoing = request.copy()
