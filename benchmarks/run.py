@@ -123,17 +123,24 @@ def burst(session: requests.Session, url: str, count: int, threads: int, **kwarg
 # -- 1. steady state -----------------------------------------------------------------------------------
 
 
-def steady_state(b: Backends, rounds: int, count: int, threads: int) -> Dict[str, Any]:
-    """Legacy calls (no timeout): plain, plain with our default timeout, failover."""
+def steady_state(b: Backends, rounds: int, count: int, threads: int, failed_over: bool = False) -> Dict[str, Any]:
+    """Legacy calls (no timeout): plain, plain with our default timeout, failover.
+
+    With ``failed_over`` the primary is dead: the failover session keeps asking
+    for the primary's URL and is served by the secondary, the plain session
+    asks the secondary directly.
+    """
     plain = requests.Session()
     failover = FailoverSession([b.primary, b.secondary], state_file=False)
-    url = b.primary + "/bench"
+    if failed_over:
+        b.set("primary", "refuse")
+    plain_url, failover_url = (b.secondary if failed_over else b.primary) + "/bench", b.primary + "/bench"
     variants = {
-        "plain": (plain, {}),
-        "plain_timeout": (plain, {"timeout": (3.0, 30.0)}),  # what failover adds by default
-        "failover": (failover, {}),
+        "plain": (plain, plain_url, {}),
+        "plain_timeout": (plain, plain_url, {"timeout": (3.0, 30.0)}),  # what failover adds by default
+        "failover": (failover, failover_url, {}),
     }
-    for session, kwargs in variants.values():
+    for session, url, kwargs in variants.values():
         burst(session, url, 50, threads, **kwargs)  # warm: connections, selection
     wall: Dict[str, List[float]] = {k: [] for k in variants}
     cpu: Dict[str, List[float]] = {k: [] for k in variants}
@@ -142,7 +149,7 @@ def steady_state(b: Backends, rounds: int, count: int, threads: int) -> Dict[str
     for i in range(rounds):
         order = names[i % 3 :] + names[: i % 3]  # rotate, so no variant always runs first
         for name in order:
-            session, kwargs = variants[name]
+            session, url, kwargs = variants[name]
             seconds, cpu_seconds = burst(session, url, count, threads, **kwargs)
             wall[name].append(seconds)
             cpu[name].append(cpu_seconds / count * 1e6)
@@ -150,6 +157,7 @@ def steady_state(b: Backends, rounds: int, count: int, threads: int) -> Dict[str
             ratio[base].append(wall[base][-1] / wall["failover"][-1])  # throughput ratio
     plain.close()
     failover.close()
+    b.set("primary", "up")
     return {
         **{f"{k}_rps": count / statistics.median(v) for k, v in wall.items()},
         **{f"{k}_cpu_us": statistics.median(v) for k, v in cpu.items()},
@@ -313,6 +321,7 @@ def main() -> int:
     try:
         results["steady_1_thread"] = steady_state(b, rounds, count, 1)
         results["steady_8_threads"] = steady_state(b, rounds, count, 8)
+        results["steady_failed_over"] = steady_state(b, rounds, count, 1, failed_over=True)
         results["refused"] = refused_failover(b, rounds)
         results["blackholed"] = shared(b, 3, "drop")
         for n in (2, 4, 8):
@@ -328,7 +337,11 @@ def main() -> int:
         return 0
     r = results
     rows: List[Tuple[str, str, str, str]] = []
-    for label, key in (("1 thread", "steady_1_thread"), ("8 threads", "steady_8_threads")):
+    for label, key in (
+        ("1 thread", "steady_1_thread"),
+        ("8 threads", "steady_8_threads"),
+        ("primary dead, 1 thread", "steady_failed_over"),
+    ):
         s = r[key]
         fo, plain, timed_plain = s["failover_rps"], s["plain_rps"], s["plain_timeout_rps"]
         cpu = f"{s['failover_cpu_us']:.0f} vs {s['plain_cpu_us']:.0f} us (with timeout {s['plain_timeout_cpu_us']:.0f})"

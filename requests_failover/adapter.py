@@ -122,6 +122,7 @@ class FailoverAdapter(HTTPAdapter):
         self._selection = Selection(self._options, self._send_one, self._clock)
         self._budget = RetryBudget()
         self._host: Optional[Callable[[], Any]] = None  # weakref to the FailoverSession mounting us
+        self._proxy_cache: Dict[Any, Dict[str, str]] = {}
 
     def _attach(self, session: Any) -> None:
         """Called by FailoverSession: send through adapters the user mounts, honour its trust_env."""
@@ -177,25 +178,30 @@ class FailoverAdapter(HTTPAdapter):
             return transport.send(request, **kwargs)
         return super().send(request, **kwargs)
 
-    def _proxies_for(self, target: str, source: str, proxies: Optional[Mapping[str, str]]) -> Any:
+    def _proxies_for(self, target: Backend, source: Backend, proxies: Optional[Mapping[str, str]]) -> Any:
         """Proxies for ``target``: what the environment gave ``source`` is re-derived for ``target``.
 
         ``Session.request`` evaluated the proxy environment variables (and
         ``NO_PROXY``) for the URL asked for; the backend really used may differ.
         Only done for a FailoverSession (whose ``trust_env`` is known).
+
+        Evaluating the environment costs some 200 us (requests' helpers scan
+        all of ``os.environ`` several times), and after a failover every
+        request needs it, so results are cached per backend pair, proxies
+        given, and value of the proxy variables (read one by one, cheaply).
         """
         session = self._host() if self._host is not None else None
         if session is None or not session.trust_env:
             return proxies
-        result = dict(proxies or {})
-        no_proxy = result.get("no_proxy")
-        for key, value in get_environ_proxies(source, no_proxy=no_proxy).items():
-            if result.get(key) == value:
-                del result[key]
-        if not should_bypass_proxies(target, no_proxy=no_proxy):
-            for key, value in get_environ_proxies(target, no_proxy=no_proxy).items():
-                result.setdefault(key, value)
-        return result
+        given = tuple(sorted(proxies.items())) if proxies else ()
+        key = (target.url, source.url, given, tuple(map(os.environ.get, _PROXY_VARIABLES)))
+        cached = self._proxy_cache.get(key)
+        if cached is None:
+            cached = _derive_proxies(target.url, source.url, dict(given))
+            if len(self._proxy_cache) >= 64:
+                self._proxy_cache.clear()
+            self._proxy_cache[key] = cached
+        return dict(cached)
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None."""
@@ -285,7 +291,7 @@ class FailoverAdapter(HTTPAdapter):
             tries[backend.url] = tries.get(backend.url, 0) + 1
             outgoing = _rewrite(request, source, rest, backend)
             if backend is not source:
-                kwargs["proxies"] = self._proxies_for(str(outgoing.url), str(request.url), proxies)
+                kwargs["proxies"] = self._proxies_for(backend, source, proxies)
             else:
                 kwargs["proxies"] = proxies
             try:
@@ -345,6 +351,27 @@ def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: 
     if not again:
         return None
     return min(again, key=lambda b: tries[b.url])
+
+
+#: The variables requests reads for proxies (lower and upper case), plus the one that
+#: makes it ignore them under CGI; a change to any of them invalidates the cache.
+_PROXY_VARIABLES = (
+    *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
+    *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
+    "REQUEST_METHOD",
+)
+
+
+def _derive_proxies(target: str, source: str, proxies: Dict[str, str]) -> Dict[str, str]:
+    """Drop what the environment contributed for ``source``; add what it contributes for ``target``."""
+    no_proxy = proxies.get("no_proxy")
+    for key, value in get_environ_proxies(source, no_proxy=no_proxy).items():
+        if proxies.get(key) == value:
+            del proxies[key]
+    if not should_bypass_proxies(target, no_proxy=no_proxy):
+        for key, value in get_environ_proxies(target, no_proxy=no_proxy).items():
+            proxies.setdefault(key, value)
+    return proxies
 
 
 def _all_failed(

@@ -235,6 +235,10 @@ def test_proxy_environment_is_evaluated_for_the_backend_used(make_session, prima
     response = session.get(local + "/via-proxy")
     assert response.json()["server"] == "tertiary", "secondary is not in NO_PROXY: through the proxy"
     assert proxy.hits()[-1].path == secondary.url + "/via-proxy"
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")  # noticed at once, cache or not
+    assert session.get(local + "/now-direct").json()["server"] == "secondary"
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    assert session.get(local + "/via-proxy-again").json()["server"] == "tertiary"
     session.trust_env = False
     proxy.reset_hits()
     assert session.get(local + "/no-env").json()["server"] == "secondary"
