@@ -109,22 +109,27 @@ def _choose(state: State, now: float, exclude: str) -> Optional[str]:
     return candidates[0] if candidates else None
 
 
-def mark_failed(state: State, url: str, error: str, now: float, retry_after: Optional[float] = None) -> State:
-    """``url`` failed a request: down at once, and the selection moves on."""
-    old = state.record(url)
+def _failed(old: Health, error: Optional[str], now: float, hold_until: float) -> Health:
+    """``old`` after one more failure: down for the backoff of the module docstring."""
     failures = old.consecutive_failures + 1
-    down_until = now + min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1))
-    hold_until = old.hold_until
-    if retry_after is not None:
-        hold_until = max(hold_until, now + min(RETRY_AFTER_CAP, max(0.0, retry_after)))
-    health = dataclasses.replace(
+    down_for = min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1))
+    return dataclasses.replace(
         old,
         healthy=False,
         consecutive_failures=failures,
-        down_until=max(down_until, hold_until),
+        down_until=max(now + down_for, hold_until),
         hold_until=hold_until,
         last_error=error,
     )
+
+
+def mark_failed(state: State, url: str, error: str, now: float, retry_after: Optional[float] = None) -> State:
+    """``url`` failed a request: down at once, and the selection moves on."""
+    old = state.record(url)
+    hold_until = old.hold_until
+    if retry_after is not None:
+        hold_until = max(hold_until, now + min(RETRY_AFTER_CAP, max(0.0, retry_after)))
+    health = _failed(old, error, now, hold_until)
     active = state.active
     if state.current() == url:
         active = _choose(state, now, exclude=url) or state.current()
@@ -152,26 +157,12 @@ def apply_probes(state: State, results: Iterable[ProbeResult], now: float, *, se
     """
     table: Dict[str, Health] = dict(state.health)
     for result in results:
-        old = table.get(result.url, Health())
+        old = table.get(result.url, _UNKNOWN)
         if result.healthy:
-            table[result.url] = dataclasses.replace(
-                old,
-                healthy=True,
-                consecutive_failures=0,
-                down_until=old.hold_until,
-                last_latency_ms=result.latency_ms,
-                last_error=None,
-            )
+            new = dataclasses.replace(old, healthy=True, consecutive_failures=0, down_until=0.0, last_error=None)
         else:
-            failures = old.consecutive_failures + 1
-            table[result.url] = dataclasses.replace(
-                old,
-                healthy=False,
-                consecutive_failures=failures,
-                down_until=max(now + min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1)), old.hold_until),
-                last_latency_ms=result.latency_ms,
-                last_error=result.error,
-            )
+            new = _failed(old, result.error, now, old.hold_until)
+        table[result.url] = dataclasses.replace(new, last_latency_ms=result.latency_ms)
     if not select:
         return dataclasses.replace(state, health=table)
     probed = dataclasses.replace(state, health=table)

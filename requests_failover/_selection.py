@@ -9,6 +9,7 @@ process while everybody else keeps using the stale one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -106,7 +107,7 @@ class Selection:
                 if current.is_fresh(now, self._options.cache_ttl) or current.probing_until > now:
                     return current  # another process probed, or is probing, meanwhile
                 claimed = True
-                return State(current.backends, current.active, current.checked_at, current.health, now + budget)
+                return dataclasses.replace(current, probing_until=now + budget)
 
             self._update(claim, "changed by another process")
             if claimed:
