@@ -27,12 +27,13 @@ def describe_error(exc: BaseException) -> str:
     if inner is not None:
         reason = inner
     if isinstance(reason, BaseException):
-        text = type(reason).__name__
-        detail = str(reason)
-        # urllib3 messages repeat the connection object; keep the useful tail
+        # urllib3 puts the connection object (pool, address, object id) first
+        # and the message last: keep the message only
+        last = reason.args[-1] if reason.args else ""
+        detail = last if isinstance(last, str) else str(reason)
         if ": " in detail:
             detail = detail.rsplit(": ", 1)[-1]
-        return f"{name} ({text}: {detail})"[:300]
+        return f"{name} ({type(reason).__name__}: {detail})"[:300]
     if reason is not None:
         return f"{name} ({str(reason).rsplit(': ', 1)[-1]})"[:300]
     return name

@@ -215,3 +215,12 @@ def test_all_backends_failed_is_an_instance_of_every_error_met():
     assert isinstance(error, requests.exceptions.ConnectionError)
     assert all_failed_type(requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout).__mro__
     assert all_failed_type(ValueError) is AllBackendsFailed
+
+
+def test_error_descriptions_keep_the_message_not_the_connection_object():
+    from requests_failover._health import describe_error
+
+    text = describe_error(connect_timeout())
+    assert text == "ConnectTimeout (ConnectTimeoutError: slow)"
+    assert describe_error(refused()) == "ConnectionError (NewConnectionError: refused)"
+    assert describe_error(requests.exceptions.ReadTimeout("x")) == "ReadTimeout (x)"
