@@ -17,9 +17,17 @@ from urllib3.util import parse_url
 
 ENV_BACKENDS = "REQUESTS_FAILOVER_BACKENDS"
 
+# The defaults of every option, declared once: the adapter's and the session's
+# signatures, the options object and the CLI all read them from here.
 DEFAULT_HEALTH_PATHS: Tuple[str, ...] = ("/health", "/api/health", "/status")
+DEFAULT_HEALTH_TIMEOUT = 3.0
+DEFAULT_CACHE_TTL = 300.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_RETRY_DELAY = 1.0
 #: Applied to a request sent without a timeout: (connect, read) in seconds.
 DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
+DEFAULT_POOL_CONNECTIONS = 10
+DEFAULT_POOL_MAXSIZE = 10
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -168,10 +176,10 @@ class Options:
     targets: Tuple[Backend, ...]
     aliases: Tuple[Backend, ...]
     health_paths: Tuple[str, ...] = DEFAULT_HEALTH_PATHS
-    health_timeout: float = 3.0
-    cache_ttl: float = 300.0
-    max_retries: int = 2
-    retry_delay: float = 1.0
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    cache_ttl: float = DEFAULT_CACHE_TTL
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delay: float = DEFAULT_RETRY_DELAY
     default_timeout: Tuple[Optional[float], Optional[float]] = DEFAULT_TIMEOUT
     state_file: Union[bool, str, None] = None
     on_switch: Optional[Callable[[Any], None]] = None
@@ -182,10 +190,10 @@ def build_options(
     backends: object,
     *,
     health_paths: object = DEFAULT_HEALTH_PATHS,
-    health_timeout: object = 3.0,
-    cache_ttl: object = 300.0,
-    max_retries: object = 2,
-    retry_delay: object = 1.0,
+    health_timeout: object = DEFAULT_HEALTH_TIMEOUT,
+    cache_ttl: object = DEFAULT_CACHE_TTL,
+    max_retries: object = DEFAULT_MAX_RETRIES,
+    retry_delay: object = DEFAULT_RETRY_DELAY,
     default_timeout: object = DEFAULT_TIMEOUT,
     state_file: object = None,
     on_switch: object = None,

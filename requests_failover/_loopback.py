@@ -40,6 +40,7 @@ class Hit:
     path: str
     headers: Dict[str, str]
     body: bytes
+    client_port: int = 0  # the client's source port: which connection carried it
 
 
 @dataclass
@@ -192,7 +193,7 @@ class LoopbackServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            _Handler(conn, ("", 0), self)  # type: ignore[arg-type]  # duck-typed: the handler uses .name, ._answer
+            _Handler(conn, conn.getpeername(), self)  # type: ignore[arg-type]  # duck-typed: the handler uses .name, ._answer
         except OSError:
             pass
         finally:
@@ -225,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self._read_chunked()
-        hit = Hit(self.command, self.path, dict(self.headers.items()), body)
+        hit = Hit(self.command, self.path, dict(self.headers.items()), body, self.client_address[1])
         mode, status, headers = self.server._answer(hit)
         if mode == "blackhole":
             self.close_connection = True

@@ -63,6 +63,25 @@ def reached_server(exc: BaseException) -> Optional[bool]:
     return None
 
 
+def never_connected(exc: BaseException) -> bool:
+    """Whether no connection was ever made, so no byte of the request left us.
+
+    Narrower than ``reached_server(exc) is False``: a TLS or proxy error may
+    come after a body began to stream. Used to fail over a body that cannot
+    be rewound (a generator, an upload stream): it was provably not consumed.
+    """
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+        exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)
+    ):
+        reason: Any = exc.args[0] if exc.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    return False
+
+
 def classify(
     method: Optional[str],
     headers: Mapping[str, Any],

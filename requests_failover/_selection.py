@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from . import _pool
+from . import _pool, _runtime
 from ._config import Backend, Options
 from ._health import Sender, probe_all
 from ._pool import ProbeResult, State
@@ -42,33 +40,29 @@ class SwitchEvent:
 
 
 class Selection:
-    def __init__(self, options: Options, send: Sender, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, options: Options, send: Sender) -> None:
         self._options = options
         self._send = send
-        self._clock = clock
+        self._clock = _runtime.now
         self._backends = tuple(b.url for b in options.targets)
         self._by_url: Dict[str, Backend] = {b.url: b for b in options.targets}
         self._store = open_store(options.state_file, self._backends)
-        self._reset_locks()
-        loaded = self._store.load(self._backends, clock())
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        _runtime.reset_after_fork(self)
+        loaded = self._store.load(self._backends, self._clock())
         self._state: State = loaded or State(self._backends)
         self._plan_cache: Optional[Tuple[State, float, List[Backend]]] = None
 
-    def _reset_locks(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
-
-    def _check_fork(self) -> None:
+    def _after_fork(self) -> None:
         # A lock inherited through fork() may be held by a thread that does not
         # exist in the child; start the child with fresh ones.
-        if self._pid != os.getpid():
-            self._reset_locks()
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
 
     # -- reading --------------------------------------------------------------
     def sync(self) -> State:
         """The current state, adopting another process's change if there is one (one stat)."""
-        self._check_fork()
         shared = self._store.poll(self._backends, self._clock())
         if shared is not None:
             with self._lock:
@@ -164,7 +158,6 @@ class Selection:
 
     # -- plumbing -------------------------------------------------------------------
     def _update(self, fn: Callable[[State], State], reason: str) -> None:
-        self._check_fork()
         with self._lock:
             previous = self._state
             self._state = self._store.update(fn, previous, self._clock())

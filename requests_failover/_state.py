@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from filelock import FileLock, Timeout
 
+from . import _runtime
 from ._pool import DOWN_CAP, RETRY_AFTER_CAP, Health, State
 
 log = logging.getLogger("requests_failover")
@@ -149,9 +150,15 @@ class FileStore:
         self._path: Optional[str] = self.location
         self._seen: Optional[Tuple[int, int, int]] = None
         self._complained = False
-        self._pid = -1
         self._thread_lock = threading.Lock()
         self._file_lock: Optional[FileLock] = None
+        _runtime.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # A lock inherited through fork() may be held by a thread that does not
+        # exist in the child (older filelock releases do not handle fork).
+        self._thread_lock = threading.Lock()
+        self._file_lock = None
 
     # -- reading: lock-free -------------------------------------------------
     def _read(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
@@ -193,14 +200,9 @@ class FileStore:
 
     # -- writing: under the lock -------------------------------------------
     def _lock(self) -> Tuple[threading.Lock, FileLock]:
-        # Rebuilt per process: a lock inherited through fork() may be held by a
-        # thread that does not exist in the child (older filelock releases do
-        # not handle fork themselves).
-        if self._pid != os.getpid() or self._file_lock is None:
+        if self._file_lock is None:
             assert self._path is not None
-            self._thread_lock = threading.Lock()
             self._file_lock = FileLock(self._path + ".lock", timeout=LOCK_TIMEOUT, mode=0o600)
-            self._pid = os.getpid()
         return self._thread_lock, self._file_lock
 
     def update(self, fn: Update, current: State, now: float) -> State:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import requests
@@ -19,10 +18,23 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.auth import HTTPBasicAuth
 from requests.utils import get_environ_proxies, rewind_body, should_bypass_proxies
 
-from ._config import DEFAULT_HEALTH_PATHS, DEFAULT_TIMEOUT, Backend, Options, build_options
+from . import _runtime
+from ._config import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_HEALTH_PATHS,
+    DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POOL_CONNECTIONS,
+    DEFAULT_POOL_MAXSIZE,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT,
+    Backend,
+    Options,
+    build_options,
+)
 from ._health import describe_error
-from ._retry import RetryBudget, Verdict, backoff, classify, retry_after
-from ._selection import Selection
+from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
+from ._selection import Selection, SwitchEvent
 from .exceptions import AllBackendsFailed, all_failed_type
 
 __all__ = ["FailoverAdapter"]
@@ -37,6 +49,10 @@ class FailoverAdapter(HTTPAdapter):
         adapter = FailoverAdapter(["https://primary.example", "https://secondary.example"])
         for prefix in adapter.prefixes:
             session.mount(prefix, adapter)
+
+    Requests for other hosts that reach it are sent as a plain ``HTTPAdapter``
+    sends them (it is one), which is how :class:`FailoverSession` mounts it in
+    place of requests' own adapters for ``http://`` and ``https://``.
 
     :param backends: base URLs (scheme, host, optional port and base path) in
         priority order.
@@ -53,36 +69,39 @@ class FailoverAdapter(HTTPAdapter):
         sent without one. The caller's own timeout always wins.
     :param state_file: path of the selection file shared by processes; None:
         a per-backend-set file in the user cache directory; False: memory only.
-    :param transport: the adapter that really sends (default: this adapter's
-        own ``HTTPAdapter`` machinery). A ``requests_mock.Adapter()`` here
-        makes failover testable without servers.
+    :param transport: the adapter that really sends, probes included
+        (default: this adapter's own ``HTTPAdapter`` machinery). A
+        ``requests_mock.Adapter()`` here makes failover testable without servers.
     :param on_switch: called with a :class:`SwitchEvent` whenever the active
         backend changes. Exceptions it raises are logged and ignored.
     :param allow_insecure: accept plain ``http://`` backends on hosts other
         than loopback.
-    :param clock: unix time source (tests); :param sleep: sleep function (tests).
+    :param pool_connections, pool_maxsize, pool_block: as for ``HTTPAdapter``.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "_options", "_transport", "_clock", "_sleep"]
+    __attrs__ = [*HTTPAdapter.__attrs__, "_options", "_transport", "trust_env"]
+
+    #: Whether the environment's proxy variables apply (a session's
+    #: ``trust_env``, passed down by :class:`FailoverSession`). None: not known
+    #: (mounted on a plain session): the proxies requests computed are used as given.
+    trust_env: Optional[bool] = None
 
     def __init__(
         self,
         backends: Sequence[str],
         *,
         health_paths: Sequence[str] = DEFAULT_HEALTH_PATHS,
-        health_timeout: float = 3.0,
-        cache_ttl: float = 300.0,
-        max_retries: int = 2,
-        retry_delay: float = 1.0,
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
         default_timeout: Union[float, Tuple[Optional[float], Optional[float]]] = DEFAULT_TIMEOUT,
         state_file: Union[bool, str, os.PathLike[str], None] = None,
         transport: Optional[BaseAdapter] = None,
-        on_switch: Optional[Callable[[Any], None]] = None,
+        on_switch: Optional[Callable[[SwitchEvent], None]] = None,
         allow_insecure: bool = False,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        pool_connections: int = 10,
-        pool_maxsize: int = 10,
+        pool_connections: int = DEFAULT_POOL_CONNECTIONS,
+        pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
     ) -> None:
         options = build_options(
@@ -99,14 +118,16 @@ class FailoverAdapter(HTTPAdapter):
         )
         if transport is not None and not callable(getattr(transport, "send", None)):
             raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
-        for name, fn in (("clock", clock), ("sleep", sleep)):
-            if not callable(fn):
-                raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+        for name, value in (("pool_connections", pool_connections), ("pool_maxsize", pool_maxsize)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name}: must be >= 1, got {value}")
+        if not isinstance(pool_block, bool):
+            raise TypeError(f"pool_block: expected a bool, got {type(pool_block).__name__}")
         super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize, pool_block=pool_block)
         self._options: Options = options
         self._transport = transport
-        self._clock = clock
-        self._sleep = sleep
         self._start()
 
     def _start(self) -> None:
@@ -118,19 +139,27 @@ class FailoverAdapter(HTTPAdapter):
         for candidates in by_origin.values():
             candidates.sort(key=lambda b: len(b.base_path), reverse=True)
         self._by_origin = by_origin
-        self._last_match: Tuple[Optional[str], Optional[Tuple[Backend, str]]] = (None, None)
-        self._selection = Selection(self._options, self._send_one, self._clock)
+        self._selection = Selection(self._options, self._probe_send)
         self._budget = RetryBudget()
-        self._host: Optional[Callable[[], Any]] = None  # weakref to the FailoverSession mounting us
+        self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
         self._proxy_cache: Dict[Any, Dict[str, str]] = {}
-
-    def _attach(self, session: Any) -> None:
-        """Called by FailoverSession: send through adapters the user mounts, honour its trust_env."""
-        self._host = weakref.ref(session)
+        _runtime.reset_after_fork(self)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
         self._start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: never send on a connection the parent opened.
+
+        Two processes writing requests on one socket get each other's answers.
+        Closing the child's copies of the pooled sockets leaves the parent's
+        connections open (no shutdown is sent); new ones are opened on demand.
+        """
+        HTTPAdapter.close(self)
+        for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
+            if isinstance(adapter, HTTPAdapter) and adapter is not self:
+                HTTPAdapter.close(adapter)  # the pools only (a subclass's close may do more)
 
     # -- public -----------------------------------------------------------------
     @property
@@ -147,6 +176,18 @@ class FailoverAdapter(HTTPAdapter):
     def active_backend(self) -> str:
         """The base URL requests go to now."""
         return self._selection.sync().current()
+
+    def send_through(self, *mappings: Mapping[str, BaseAdapter]) -> None:
+        """Send each attempt through the adapter that ``mappings`` have for its URL.
+
+        Each mapping is read live at every attempt with requests' own rule
+        (first matching prefix, the mappings in order); this adapter's own
+        entries are skipped. Where no other adapter covers a URL, this
+        adapter's own pools send. ``transport=``, when given, sends everything.
+        :class:`FailoverSession` passes its ``backend_adapters`` and
+        ``adapters`` down here.
+        """
+        self._mounts = mappings
 
     def status(self) -> Dict[str, Any]:
         """A JSON-serialisable snapshot of the selection and each backend's health."""
@@ -166,16 +207,34 @@ class FailoverAdapter(HTTPAdapter):
             self._transport.close()
 
     # -- sending -------------------------------------------------------------------
+    def _sender(self, url: str) -> Optional[BaseAdapter]:
+        """``transport``, else another adapter mounted for ``url`` (requests' rule), else None."""
+        if self._transport is not None:
+            return self._transport
+        lowered = url.lower()
+        for mapping in self._mounts:
+            for prefix, adapter in mapping.items():
+                if adapter is not self and lowered.startswith(prefix.lower()):
+                    return adapter
+        return None
+
     def _send_one(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        """Send one request, no failover: through ``transport``, else an adapter the
-        user mounted on the session for this URL, else our own HTTPAdapter machinery."""
-        transport = self._transport
-        if transport is None and self._host is not None:
-            session = self._host()
-            if session is not None:
-                transport = session._mounted_for(request.url)
-        if transport is not None:
-            return transport.send(request, **kwargs)
+        """Send one request, no failover: through :meth:`_sender`, else our own pools."""
+        sender = self._sender(request.url or "")
+        if sender is not None:
+            return sender.send(request, **kwargs)
+        return super().send(request, **kwargs)
+
+    def _probe_send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Send a health probe: never through an adapter that could answer from a cache.
+
+        Probes go through ``transport`` when one is given (that is how tests
+        without servers work), else through this adapter's own pools, with
+        ``Cache-Control: no-cache`` for any cache on the way.
+        """
+        request.headers["Cache-Control"] = "no-cache"
+        if self._transport is not None:
+            return self._transport.send(request, **kwargs)
         return super().send(request, **kwargs)
 
     def _proxies_for(self, target: Backend, source: Backend, proxies: Optional[Mapping[str, str]]) -> Any:
@@ -183,15 +242,14 @@ class FailoverAdapter(HTTPAdapter):
 
         ``Session.request`` evaluated the proxy environment variables (and
         ``NO_PROXY``) for the URL asked for; the backend really used may differ.
-        Only done for a FailoverSession (whose ``trust_env`` is known).
+        Only done when ``trust_env`` is known to be true (a FailoverSession passes it down).
 
         Evaluating the environment costs some 200 us (requests' helpers scan
         all of ``os.environ`` several times), and after a failover every
         request needs it, so results are cached per backend pair, proxies
         given, and value of the proxy variables (read one by one, cheaply).
         """
-        session = self._host() if self._host is not None else None
-        if session is None or not session.trust_env:
+        if not self.trust_env:
             return proxies
         given = tuple(sorted(proxies.items())) if proxies else ()
         key = (target.url, source.url, given, tuple(map(os.environ.get, _PROXY_VARIABLES)))
@@ -205,14 +263,6 @@ class FailoverAdapter(HTTPAdapter):
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None."""
-        last = self._last_match  # Session.get_adapter and send ask about the same URL in turn
-        if last[0] is url:
-            return last[1]
-        result = self._match(url)
-        self._last_match = (url, result)
-        return result
-
-    def _match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         if not url:
             return None
         scheme_end = url.find("://")
@@ -261,7 +311,9 @@ class FailoverAdapter(HTTPAdapter):
         self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
         plan = self._selection.plan()
         method = request.method
-        replayable = _replayable(request)
+        # A body that cannot be rewound may still go to another backend as long
+        # as no attempt has consumed any of it: a connection never opened read nothing.
+        replayable = pristine = _replayable(request)
         tries: Dict[str, int] = {}
         no_repeat: Set[str] = set()  # backends that read-timed out: never twice in one request
         failures: List[Tuple[str, str]] = []
@@ -273,7 +325,7 @@ class FailoverAdapter(HTTPAdapter):
             if backend is None:
                 break
             if attempt:
-                if not replayable:
+                if not (replayable or pristine):
                     break
                 if attempt == 1:
                     deadline = _deadline(timeout, started)
@@ -283,7 +335,7 @@ class FailoverAdapter(HTTPAdapter):
                     delay = backoff(self._options.retry_delay, tries[backend.url])
                     if deadline is not None and time.monotonic() + delay >= deadline:
                         break
-                    self._sleep(delay)
+                    _runtime.sleep(delay)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if request.body is not None and hasattr(request.body, "seek"):
@@ -304,6 +356,7 @@ class FailoverAdapter(HTTPAdapter):
                 verdict = classify(method, request.headers, error=exc)
                 if verdict is Verdict.RAISE:
                     raise
+                pristine = pristine or (not replayable and never_connected(exc))
                 error = describe_error(exc)
                 errors.append((backend, exc))
                 if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -317,6 +370,7 @@ class FailoverAdapter(HTTPAdapter):
                 if verdict is Verdict.FAILED:
                     break
                 continue
+            pristine = False
             verdict = classify(method, request.headers, response=response)
             if verdict is Verdict.SUCCESS:
                 if last_response is not None:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter
 
+from ._config import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_HEALTH_PATHS,
+    DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POOL_CONNECTIONS,
+    DEFAULT_POOL_MAXSIZE,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_TIMEOUT,
+)
+from ._selection import SwitchEvent
 from .adapter import FailoverAdapter
 
 __all__ = ["FailoverSession"]
@@ -20,52 +32,125 @@ class FailoverSession(requests.Session):
     sent to the backend selected now, with the rest of the URL unchanged;
     requests to any other host are sent exactly as ``requests.Session``
     sends them. Keyword options are those of :class:`FailoverAdapter`.
+
+    The failover adapter is mounted, as requests intends: it takes the place
+    of requests' own adapters for ``https://`` and ``http://`` (it is an
+    ``HTTPAdapter`` and sends other hosts' requests as one), so tools that
+    copy, wrap or re-read ``session.adapters`` keep failing over. When an
+    adapter mounted later would take a backend's URLs (``mount("https://",
+    CacheControlAdapter())``, a retrying adapter, a prefix under a backend),
+    the failover adapter is mounted again at that backend's own prefix and
+    sends each attempt through the adapter mounted before it: the user's
+    adapter sends, the failover loop decides where.
     """
 
-    __attrs__ = [*requests.Session.__attrs__, "failover_adapter", "_stock_adapters"]
+    __attrs__ = [*requests.Session.__attrs__, "failover_adapter", "backend_adapters"]
 
-    def __init__(self, backends: Sequence[str], **options: Any) -> None:
-        super().__init__()
-        # The adapters requests mounts by itself. For backend URLs they give way
-        # to the failover adapter's own pools (and its pool_* options); any
-        # other adapter found for a backend URL was mounted by the user.
-        self._stock_adapters = tuple(self.adapters.values())
+    def __init__(
+        self,
+        backends: Sequence[str],
+        *,
+        health_paths: Sequence[str] = DEFAULT_HEALTH_PATHS,
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        default_timeout: Union[float, Tuple[Optional[float], Optional[float]]] = DEFAULT_TIMEOUT,
+        state_file: Union[bool, str, os.PathLike[str], None] = None,
+        transport: Optional[BaseAdapter] = None,
+        on_switch: Optional[Callable[[SwitchEvent], None]] = None,
+        allow_insecure: bool = False,
+        pool_connections: int = DEFAULT_POOL_CONNECTIONS,
+        pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
+        pool_block: bool = False,
+    ) -> None:
+        adapter = FailoverAdapter(
+            backends,
+            health_paths=health_paths,
+            health_timeout=health_timeout,
+            cache_ttl=cache_ttl,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            default_timeout=default_timeout,
+            state_file=state_file,
+            transport=transport,
+            on_switch=on_switch,
+            allow_insecure=allow_insecure,
+            pool_connections=pool_connections,
+            pool_maxsize=pool_maxsize,
+            pool_block=pool_block,
+        )
+        super().__init__()  # mounts requests' own adapters, replaced below
         #: The adapter that handles every request to a backend.
-        self.failover_adapter = FailoverAdapter(backends, **options)
-        self.failover_adapter._attach(self)
+        self.failover_adapter = adapter
+        #: Adapters mounted at exactly a backend's prefix: they send that
+        #: backend's requests, under the failover loop (see :meth:`mount`).
+        self.backend_adapters: Dict[str, BaseAdapter] = {}
+        for prefix in ("https://", "http://"):
+            self.adapters[prefix].close()
+            self.adapters[prefix] = adapter  # in place: requests' order of prefixes stays
+        self._pass_down()
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
-        self.failover_adapter._attach(self)
+        self._pass_down()
 
-    def get_adapter(self, url: str) -> BaseAdapter:
-        """The failover adapter for a backend URL; otherwise what requests would choose.
+    def _pass_down(self) -> None:
+        """Give the failover adapter what it needs from this session (never the session)."""
+        self.failover_adapter.send_through(self.backend_adapters, self.adapters)
+        self.failover_adapter.trust_env = self.trust_env
 
-        ``self.adapters`` is left as requests built it (and as the user mounts
-        it): the failover adapter is consulted first instead of being mounted.
+    @property
+    def trust_env(self) -> bool:
+        return bool(self.__dict__.get("_trust_env", True))
+
+    @trust_env.setter
+    def trust_env(self, value: bool) -> None:
+        self.__dict__["_trust_env"] = value
+        adapter = self.__dict__.get("failover_adapter")
+        if adapter is not None:
+            adapter.trust_env = value
+
+    def mount(self, prefix: Union[str, bytes], adapter: BaseAdapter) -> None:
+        """Mount ``adapter`` as requests does; the backends' URLs stay with the failover adapter.
+
+        If ``adapter`` would now be chosen for a backend's URLs (its prefix is
+        ``https://``, or the backend's own), the failover adapter is mounted
+        at the backend's prefix, ahead of it, and sends through it. A prefix
+        longer than a backend's origin (``https://primary.example/v2``) is
+        requests' way to say "this adapter, for these URLs": those requests go
+        to that adapter only, without failover.
         """
-        if self.failover_adapter.match(url) is not None:
-            return self.failover_adapter
-        return super().get_adapter(url)
+        ours: Optional[FailoverAdapter] = self.__dict__.get("failover_adapter")
+        if ours is None:  # requests.Session.__init__ mounting its own adapters
+            super().mount(prefix, adapter)
+            return
+        text = prefix.decode("latin-1") if isinstance(prefix, bytes) else prefix
+        if adapter is not ours and text.lower() in ours.prefixes:
+            # the backend's own prefix: it stays ours, the adapter sends for it
+            self.backend_adapters[text.lower()] = adapter
+            return
+        super().mount(prefix, adapter)
+        if adapter is not ours:
+            for own in ours.prefixes:
+                if self._choice(own) is adapter:
+                    super().mount(own, ours)
 
-    def _mounted_for(self, url: Optional[str]) -> Optional[BaseAdapter]:
-        """The adapter the user mounted for ``url``, if any (as requests would choose it).
-
-        So an adapter the user mounts (``s.mount("https://", HTTPAdapter(
-        max_retries=Retry(...)))``, custom pools or TLS) sends to the backends
-        it covers, under the failover loop. Precedence: ``transport=``, then
-        this, then the failover adapter's own ``HTTPAdapter`` machinery.
-        """
-        try:
-            adapter = super().get_adapter(url or "")
-        except requests.exceptions.InvalidSchema:
-            return None
-        return None if any(adapter is stock for stock in self._stock_adapters) else adapter
+    def _choice(self, url: str) -> Optional[BaseAdapter]:
+        """The adapter requests would choose for ``url`` (first matching prefix)."""
+        lowered = url.lower()
+        for prefix, adapter in self.adapters.items():
+            if lowered.startswith(prefix.lower()):
+                return adapter
+        return None
 
     def close(self) -> None:
-        """Close every adapter, the failover adapter and its transport included."""
-        super().close()
-        self.failover_adapter.close()
+        """Close every adapter once (the failover adapter is mounted more than once)."""
+        closed: Dict[int, BaseAdapter] = {}
+        for adapter in (*self.adapters.values(), *self.backend_adapters.values()):
+            if id(adapter) not in closed:
+                closed[id(adapter)] = adapter
+                adapter.close()
 
     @property
     def active_backend(self) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from requests_failover import FailoverSession, SwitchEvent
 from requests_failover._loopback import LoopbackServer
+from requests_failover.testing import set_testing
 
 
 @pytest.fixture(autouse=True)
@@ -75,20 +76,19 @@ def events() -> List[SwitchEvent]:
 def make_session(
     clock: Clock, sleeps: List[float], events: List[SwitchEvent]
 ) -> Iterator[Callable[..., FailoverSession]]:
-    """Build a FailoverSession with memory state, the test clock and recorded sleeps."""
+    """Build a FailoverSession with memory state, in testing mode: the test clock, recorded sleeps."""
     made: List[FailoverSession] = []
 
     def make(backends: List[str], **options: Any) -> FailoverSession:
         options.setdefault("state_file", False)
-        options.setdefault("clock", clock)
-        options.setdefault("sleep", sleeps.append)
         options.setdefault("on_switch", events.append)
         options.setdefault("health_timeout", 2.0)
         session = FailoverSession(backends, **options)
         made.append(session)
         return session
 
-    yield make
+    with set_testing(True, clock=clock, sleep=sleeps.append):
+        yield make
     for session in made:
         session.close()
 

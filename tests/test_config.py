@@ -49,8 +49,9 @@ BAD: List[Any] = [
     ({"transport": object()}, TypeError, "transport"),
     ({"on_switch": 3}, TypeError, "on_switch"),
     ({"allow_insecure": "yes"}, TypeError, "allow_insecure"),
-    ({"clock": 3}, TypeError, "clock"),
-    ({"sleep": None}, TypeError, "sleep"),
+    ({"pool_connections": 0}, ValueError, "pool_connections"),
+    ({"pool_maxsize": "10"}, TypeError, "pool_maxsize"),
+    ({"pool_block": 1}, TypeError, "pool_block"),
 ]
 
 

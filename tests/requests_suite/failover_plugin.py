@@ -17,6 +17,7 @@ import requests
 import requests.sessions
 
 from requests_failover import FailoverAdapter, FailoverSession
+from requests_failover.testing import set_testing
 
 
 def _dead_port() -> int:
@@ -29,10 +30,6 @@ DEAD = f"http://127.0.0.1:{_dead_port()}"
 _backends: Optional[List[str]] = None
 
 
-def _no_sleep(seconds: float) -> None:
-    """No backoff waits in a test suite (module level, so sessions pickle)."""
-
-
 class DropinSession(FailoverSession):
     """``requests.Session()`` as the suite calls it: no arguments."""
 
@@ -42,7 +39,6 @@ class DropinSession(FailoverSession):
             backends if len(backends) > 1 else [*backends, f"http://127.0.0.1:{_dead_port()}"],
             health_paths=("/get",),  # httpbin has no /health
             state_file=False,
-            sleep=_no_sleep,
         )
 
 
@@ -58,6 +54,7 @@ def _counting_send(self: FailoverAdapter, request: Any, *args: Any, **kwargs: An
 
 
 def pytest_configure(config: Any) -> None:
+    set_testing(True)  # no backoff waits in a test suite
     requests.Session = DropinSession  # type: ignore[misc]
     requests.sessions.Session = DropinSession  # type: ignore[misc]
     FailoverAdapter.send = _counting_send  # type: ignore[method-assign]
