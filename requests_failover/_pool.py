@@ -52,6 +52,7 @@ class State:
     checked_at: Optional[float] = None  # when the last full probe round ended
     health: Mapping[str, Health] = dataclasses.field(default_factory=dict)
     probing_until: float = 0.0  # a probe round claimed by some process runs until then
+    probing_by: Optional[str] = None  # who claimed it: "host pid start-time"
 
     def record(self, url: str) -> Health:
         return self.health.get(url, _UNKNOWN)
@@ -170,7 +171,7 @@ def apply_probes(state: State, results: Iterable[ProbeResult], now: float, *, se
         (u for u in state.backends if probed.record(u).healthy and now >= probed.record(u).hold_until),
         state.active,
     )
-    return dataclasses.replace(probed, active=active, checked_at=now, probing_until=0.0)
+    return dataclasses.replace(probed, active=active, checked_at=now, probing_until=0.0, probing_by=None)
 
 
 def select_from_probes(

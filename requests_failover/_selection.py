@@ -19,7 +19,7 @@ from . import _pool, _runtime
 from ._config import Backend, Options
 from ._health import Sender, probe_all
 from ._pool import ProbeResult, State
-from ._state import open_store
+from ._state import claim_is_void, open_store, owner_token
 
 log = logging.getLogger("requests_failover")
 
@@ -62,13 +62,20 @@ class Selection:
 
     # -- reading --------------------------------------------------------------
     def sync(self) -> State:
-        """The current state, adopting another process's change if there is one (one stat)."""
-        shared = self._store.poll(self._backends, self._clock())
-        if shared is not None:
-            with self._lock:
-                previous, self._state = self._state, shared
-            self._announce(previous, shared, "changed by another process")
-        return self._state
+        """The current state, adopting another process's change if there is one (one stat).
+
+        The read and the adoption happen under one lock: a thread that read an
+        older file can never store it after another thread stored a newer one.
+        """
+        if not self._store.changed():
+            return self._state
+        with self._lock:
+            shared = self._store.poll(self._backends, self._clock())
+            if shared is None:
+                return self._state
+            previous, self._state = self._state, shared
+        self._announce(previous, shared, "changed by another process")
+        return shared
 
     def plan(self) -> List[Backend]:
         """The order of backends for one request (cached until the state or the time it depends on changes)."""
@@ -87,7 +94,7 @@ class Selection:
         """Re-probe if the selection is stale and nobody else is probing it."""
         state = self.sync()
         now = self._clock()
-        if state.is_fresh(now, self._options.cache_ttl) or state.probing_until > now:
+        if state.is_fresh(now, self._options.cache_ttl) or self._claimed(state, now):
             return
         if not self._probe_lock.acquire(blocking=False):
             return  # another thread of this process is probing: use the stale selection
@@ -98,16 +105,21 @@ class Selection:
             def claim(current: State) -> State:
                 nonlocal claimed
                 now = self._clock()
-                if current.is_fresh(now, self._options.cache_ttl) or current.probing_until > now:
+                if current.is_fresh(now, self._options.cache_ttl) or self._claimed(current, now):
                     return current  # another process probed, or is probing, meanwhile
                 claimed = True
-                return dataclasses.replace(current, probing_until=now + budget)
+                return dataclasses.replace(current, probing_until=now + budget, probing_by=owner_token())
 
             self._update(claim, "changed by another process")
             if claimed:
                 self._probe(send_kwargs, "health check")
         finally:
             self._probe_lock.release()
+
+    @staticmethod
+    def _claimed(state: State, now: float) -> bool:
+        """Whether a live prober holds the claim (one of a process that died is void at once)."""
+        return state.probing_until > now and not claim_is_void(state.probing_by)
 
     def refresh(self, send_kwargs: Mapping[str, Any]) -> str:
         """Probe now, ignoring the cache and any other prober; return the selection."""
@@ -183,7 +195,7 @@ class Selection:
             "active_backend": state.current(),
             "last_health_check": state.checked_at,
             "cache_valid": state.is_fresh(now, self._options.cache_ttl),
-            "health_checking": self._probe_lock.locked() or state.probing_until > now,
+            "health_checking": self._probe_lock.locked() or self._claimed(state, now),
             "state_file": self._store.location,
             "development_mode": self._options.development,
             "backends": [

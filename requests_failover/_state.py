@@ -7,8 +7,19 @@ never half of one, and never needs the lock to read. Writers serialise on
 read-modify-write, never during a probe. flock does not exclude across NFS
 clients: keep the file on a local disk.
 
-Noticing another process's change costs one ``os.stat`` per request: the
+Noticing another process's change costs one ``os.lstat`` per request: the
 file is re-read only when its (inode, mtime, size) differ from the last seen.
+The re-read and the adoption of what it read happen under the selection's
+lock, so a thread never replaces a newer selection with an older one.
+
+Hostile file system objects (see docs/security.rst): the state path is opened
+with ``O_NOFOLLOW | O_NONBLOCK`` and read only if ``fstat`` says it is a
+regular file, at most 1 MiB (a FIFO, socket, device, directory or symlink
+never blocks or redirects a read); the lock file is created by us with
+``O_NOFOLLOW | O_EXCL`` and used only while it is a regular file we own; a
+directory writable by other users is used only if it is sticky (``/tmp``).
+Temporary files of writers that died are swept by the next writer, and no
+write starts once the interpreter is exiting.
 
 A file that is missing, unreadable, not JSON, of another version, for
 another backend set, or naming a backend that is not configured is ignored
@@ -18,7 +29,7 @@ Format, version 1::
 
     {"version": 1, "backends": ["https://a.example", ...],
      "active": "https://a.example" | null, "checked_at": 1700000000.0 | null,
-     "probing_until": 0.0,
+     "probing_until": 0.0, "probing_by": "host pid start-time" | null,
      "health": {"https://a.example": {"healthy": true, "consecutive_failures": 0,
                 "down_until": 0.0, "hold_until": 0.0, "last_latency_ms": 1.2,
                 "last_error": null}}}
@@ -26,12 +37,16 @@ Format, version 1::
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
+import socket
+import stat as stat_module
 import tempfile
 import threading
 from pathlib import Path
@@ -48,6 +63,66 @@ FORMAT_VERSION = 1
 #: Seconds a writer waits for the lock before keeping that one update in memory.
 LOCK_TIMEOUT = 2.0
 _MAX_FILE_BYTES = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class _Exit:
+    """No write starts once the interpreter is exiting; one in progress ends first.
+
+    A daemon thread (a late probe result) frozen by interpreter shutdown
+    between temp write and replace would leave its temp file behind.
+    """
+
+    def __init__(self) -> None:
+        self.exiting = False
+        self.writing = threading.Lock()
+        _runtime.reset_after_fork(self)
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        self.exiting = True
+        if self.writing.acquire(timeout=LOCK_TIMEOUT):  # wait for a write in flight
+            self.writing.release()
+
+    def _after_fork(self) -> None:
+        self.writing = threading.Lock()
+
+
+_EXIT = _Exit()
+
+
+def owner_token() -> str:
+    """Who holds a probe claim: host, pid and the process's start time."""
+    return f"{socket.gethostname()} {os.getpid()} {_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    """The start time of ``pid`` (Linux: clock ticks since boot); "" if unknown, "Z" for a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return "Z" if fields[0] == b"Z" else fields[19].decode("ascii")
+    except (OSError, IndexError):
+        return ""
+
+
+def claim_is_void(owner: Optional[str]) -> bool:
+    """Whether a probe claim's owner is known to be gone (a process of this host that died)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(" ")
+    pid_text, _, started = rest.partition(" ")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's claim: its time budget bounds it
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        pass
+    return bool(started) and _start_time(pid) not in ("", started)  # the pid was reused
+
 
 Update = Callable[[State], State]
 
@@ -66,6 +141,7 @@ def encode(state: State) -> bytes:
         "active": state.active,
         "checked_at": state.checked_at,
         "probing_until": state.probing_until,
+        "probing_by": state.probing_by,
         "health": {url: dataclasses.asdict(h) for url, h in state.health.items()},
     }
     return json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
@@ -118,12 +194,16 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
             last_latency_ms=_finite(record.get("last_latency_ms"), optional=True),
             last_error=None if error is None else error[:300],
         )
+    probing_by = document.get("probing_by")
+    if probing_by is not None and (not isinstance(probing_by, str) or len(probing_by) > 300):
+        raise ValueError("bad probing_by")
     return State(
         backends=backends,
         active=active,
         checked_at=_finite(document.get("checked_at"), optional=True),
         health=health,
         probing_until=min(_finite(document.get("probing_until", 0.0)) or 0.0, horizon),
+        probing_by=probing_by,
     )
 
 
@@ -134,6 +214,9 @@ class MemoryStore:
 
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return None
+
+    def changed(self) -> bool:
+        return False
 
     def poll(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return None
@@ -160,21 +243,31 @@ class FileStore:
         self._thread_lock = threading.Lock()
         self._file_lock = None
 
-    # -- reading: lock-free -------------------------------------------------
+    # -- reading: no file lock (the caller serialises adoption) ------------------
     def _read(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         if self._path is None:
             return None
         try:
-            with open(self._path, "rb") as handle:
-                stat = os.fstat(handle.fileno())
-                data = handle.read(_MAX_FILE_BYTES + 1)
+            fd = os.open(self._path, _OPEN_FLAGS)
         except FileNotFoundError:
             self._seen = None
             return None
+        except OSError as exc:  # a symlink (ELOOP), a socket (ENXIO), no permission
+            self._seen = _stamp(self._path)
+            self._complain(f"cannot read {self._path}: {exc}")
+            return None
+        try:
+            stat = os.fstat(fd)
+            self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if not stat_module.S_ISREG(stat.st_mode):
+                self._complain(f"ignoring {self._path}: not a regular file")
+                return None
+            data = os.read(fd, _MAX_FILE_BYTES + 1)
         except OSError as exc:
             self._complain(f"cannot read {self._path}: {exc}")
             return None
-        self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        finally:
+            os.close(fd)
         try:
             if len(data) > _MAX_FILE_BYTES:
                 raise ValueError("too large")
@@ -186,24 +279,26 @@ class FileStore:
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return self._read(backends, now)
 
+    def changed(self) -> bool:
+        """Whether the file may have changed since we last read it (one ``lstat``)."""
+        return self._path is not None and _stamp(self._path) != self._seen
+
     def poll(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
-        """The file's state if another process changed it since we last looked."""
-        if self._path is None:
-            return None
-        try:
-            stat = os.stat(self._path)
-        except OSError:
-            return None
-        if (stat.st_ino, stat.st_mtime_ns, stat.st_size) == self._seen:
+        """The file's state if another process changed it since we last looked.
+
+        Callers that keep what it returns call it under their own lock, so that
+        what is read last is what is kept.
+        """
+        if not self.changed():
             return None
         return self._read(backends, now)
 
     # -- writing: under the lock -------------------------------------------
-    def _lock(self) -> Tuple[threading.Lock, FileLock]:
+    def _lock(self) -> FileLock:
         if self._file_lock is None:
             assert self._path is not None
             self._file_lock = FileLock(self._path + ".lock", timeout=LOCK_TIMEOUT, mode=0o600)
-        return self._thread_lock, self._file_lock
+        return self._file_lock
 
     def update(self, fn: Update, current: State, now: float) -> State:
         """Apply ``fn`` to the freshest state (the file's, else ``current``) and publish.
@@ -212,13 +307,12 @@ class FileStore:
         memory only; if the location is unwritable the store degrades to
         memory for good, with one warning.
         """
-        if self._path is None:
+        if self._path is None or _EXIT.exiting:
             return fn(current)
-        thread_lock, file_lock = self._lock()
-        with thread_lock:
+        with self._thread_lock:
             try:
                 self._prepare_directory()
-                with file_lock:
+                with self._lock():
                     base = self._read(current.backends, now) or current
                     new = fn(base)
                     if new is not base:
@@ -227,37 +321,80 @@ class FileStore:
             except Timeout:
                 log.warning("state file %s is locked by another process; keeping this update in memory", self._path)
                 return fn(current)
-            except OSError as exc:
-                log.warning("state file %s is not writable (%s); keeping the selection in memory only", self._path, exc)
+            except (OSError, _Unsafe) as exc:
+                log.warning("state file %s is not usable (%s); keeping the selection in memory only", self._path, exc)
                 self._path = None
                 return fn(current)
 
     def _prepare_directory(self) -> None:
+        """Create the directory and the lock file; refuse what another user could redirect.
+
+        filelock opens the lock path following symlinks (3.12 even truncates
+        what it points to), so the lock file is created here, never through a
+        symlink, and used only while it is a regular file of ours. In a
+        directory other users can write to, only the sticky bit keeps them from
+        replacing our files with symlinks afterwards.
+        """
         assert self._path is not None
         directory = os.path.dirname(self._path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.stat(directory)
+        shared = info.st_mode & (stat_module.S_IWGRP | stat_module.S_IWOTH)
+        if shared and not info.st_mode & stat_module.S_ISVTX:
+            raise _Unsafe(f"{directory} is writable by other users and not sticky")
         lock_path = self._path + ".lock"
-        if not os.path.exists(lock_path):
-            os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        except FileExistsError:
+            pass
+        uid = os.geteuid() if hasattr(os, "geteuid") else None
+        for path in (lock_path, self._path):
+            try:
+                found = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if path == lock_path and not stat_module.S_ISREG(found.st_mode):
+                raise _Unsafe(f"{path} is not a regular file")
+            if shared and uid is not None and found.st_uid != uid:
+                raise _Unsafe(f"{path} belongs to another user")
 
     def _write(self, state: State) -> None:
+        """Publish ``state``: temp file (O_EXCL, never through a symlink), fsync, replace."""
         assert self._path is not None
         directory, name = os.path.split(self._path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encode(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-                stat = os.fstat(handle.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
+        with _EXIT.writing:
+            if _EXIT.exiting:
+                return
+            self._sweep(directory, name)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
             try:
-                os.unlink(tmp)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(encode(state))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    stat = os.fstat(handle.fileno())
+                os.replace(tmp, self._path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    @staticmethod
+    def _sweep(directory: str, name: str) -> None:
+        """Remove temp files of this state file left by writers that died mid-write.
+
+        Called under the file lock, which every writer holds from its temp
+        write to its replace: any temp file of this state file found now was
+        left by a writer that is gone.
+        """
+        for path in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+            try:
+                os.unlink(path)
             except OSError:
                 pass
-            raise
-        self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def _complain(self, message: str) -> None:
         if not self._complained:
@@ -265,6 +402,18 @@ class FileStore:
             log.warning(message)
         else:
             log.debug(message)
+
+
+class _Unsafe(Exception):
+    """The state location could be redirected by another user."""
+
+
+def _stamp(path: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 Store = Union[MemoryStore, FileStore]

@@ -257,7 +257,7 @@ def test_unusable_location_degrades_to_memory_with_one_warning(primary, secondar
         for _ in range(3):
             assert session.get(primary.url + "/").json()["server"] == "secondary"
         assert session.active_backend == secondary.url
-    warned = [r for r in caplog.records if r.name == "requests_failover" and "not writable" in r.getMessage()]
+    warned = [r for r in caplog.records if r.name == "requests_failover" and "not usable" in r.getMessage()]
     assert len(warned) == 1
 
 
@@ -271,7 +271,7 @@ def test_read_only_directory_degrades_to_memory(primary, secondary, tmp_path, ca
             assert session.get(primary.url + "/").json()["server"] == "secondary"
     finally:
         directory.chmod(0o700)
-    assert any("not writable" in r.getMessage() for r in caplog.records)
+    assert any("not usable" in r.getMessage() for r in caplog.records)
 
 
 # -- crashes, locks, fork ----------------------------------------------------------------------------------

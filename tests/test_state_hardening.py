@@ -1,0 +1,350 @@
+"""The state file against hostile file system objects, dead writers and races.
+
+Each case uses a real file system object and, where it matters, real
+processes. A test that could hang if the library blocked runs the blocking
+part in a daemon thread with a generous bound, so it fails instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from requests_failover import FailoverSession, _state
+from requests_failover._state import FileStore
+
+from .conftest import root
+
+BOUND = 60.0  # seconds: far above any real cost, so only a hang trips it
+
+
+def bounded(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a daemon thread; fail (not hang) if it does not return in BOUND."""
+    result: List[Any] = []
+    errors: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    assert not thread.is_alive(), "the library blocked on the state path"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))  # left bound: the file stays a socket for the test's life
+    _keep.append(sock)
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _dev_zero(path: Path) -> None:
+    os.symlink("/dev/zero", path)
+
+
+def _huge(path: Path) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(50 * 1024 * 1024)  # 50 MB of zeros (sparse)
+
+
+_keep: List[socket.socket] = []
+HOSTILE = {"fifo": _fifo, "socket": _socket, "directory": _directory, "dev-zero-symlink": _dev_zero, "50MB": _huge}
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _keep:
+        _keep.pop().close()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # short path: a unix socket's path is limited to about 100 bytes
+    path = Path(tempfile.mkdtemp(prefix="rf-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_object_at_the_state_path_before_the_session(primary, secondary, state_dir, kind, caplog):
+    path = state_dir / "state.json"
+    HOSTILE[kind](path)
+
+    def use() -> List[str]:
+        with FailoverSession([primary.url, secondary.url], state_file=path) as session:
+            served = [session.get(primary.url + "/a").json()["server"]]
+            primary.set("refuse")
+            served.append(session.get(primary.url + "/b").json()["server"])
+            served.append(session.active_backend)
+            return served
+
+    assert bounded(use) == ["primary", "secondary", secondary.url]
+    assert any("state" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_object_replacing_the_state_file_while_running(primary, secondary, state_dir, kind):
+    path = state_dir / "state.json"
+    with FailoverSession([primary.url, secondary.url], state_file=path) as session:
+        assert session.get(primary.url + "/a").json()["server"] == "primary"
+        session.force_refresh()
+        assert path.is_file()
+        path.unlink()
+        HOSTILE[kind](path)
+
+        def use() -> List[str]:
+            served = [session.get(primary.url + "/b").json()["server"]]
+            primary.set("refuse")
+            served.append(session.get(primary.url + "/c").json()["server"])
+            return served
+
+        assert bounded(use) == ["primary", "secondary"]
+        assert bounded(lambda: session.active_backend) == secondary.url
+
+
+def _tmp_files(directory: Path) -> List[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_killed_writers_temp_file_is_swept_by_the_next_writer(primary, secondary, state_dir):
+    path = state_dir / "state.json"
+    code = (
+        "import sys, time, requests_failover._state as st\n"
+        "def stuck(src, dst):\n"
+        "    print('stuck', flush=True)\n"
+        "    time.sleep(600)\n"
+        "st.os.replace = stuck\n"
+        "from requests_failover import FailoverSession\n"
+        f"FailoverSession({[primary.url, secondary.url]!r}, state_file={str(path)!r}).clear_cache()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "stuck"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(BOUND)
+        child.stdout.close()  # type: ignore[union-attr]
+    assert len(_tmp_files(state_dir)) == 1, "the killed writer left its temp file"
+    with FailoverSession([primary.url, secondary.url], state_file=path) as session:
+        session.clear_cache()
+    assert _tmp_files(state_dir) == []
+    assert json.loads(path.read_text())["version"] == 1
+
+
+@pytest.mark.slow
+def test_clean_exits_with_a_late_probe_in_flight_leave_no_temp_file(primary, secondary, state_dir):
+    # The primary answers its probe at once, so the first request goes ahead;
+    # the secondary's probe is still in flight (black hole, short timeout) and
+    # its late result is written from a daemon thread around interpreter exit.
+    secondary.set("blackhole")
+    path = state_dir / "state.json"
+    code = (
+        "import random, time\n"
+        "from requests_failover import FailoverSession\n"
+        f"s = FailoverSession({[primary.url, secondary.url]!r}, state_file={str(path)!r}, health_timeout=0.05)\n"
+        "s.force_refresh()\n"
+        "s.clear_cache()\n"
+        f"s.get({primary.url + '/x'!r})\n"
+        "time.sleep(random.uniform(0.0, 0.08))\n"
+    )
+    for _batch in range(10):
+        children = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(10)]
+        assert [child.wait(BOUND) for child in children] == [0] * 10
+    assert _tmp_files(state_dir) == []
+
+
+def test_threads_never_keep_an_older_selection_than_the_file(primary, secondary, state_dir, monkeypatch):
+    # Readers sync while another "process" (a second store on the same file)
+    # rewrites it; once the writes stop, the selection held must be the last
+    # one written, not one a slow reader read earlier and stored late. A
+    # jittery decode widens the window between a reader's read and its store.
+    real_decode = _state.decode
+
+    def slow_decode(*args: Any) -> Any:
+        time.sleep(random.uniform(0, 0.002))
+        return real_decode(*args)
+
+    monkeypatch.setattr(_state, "decode", slow_decode)
+    path = state_dir / "state.json"
+    backends = [primary.url, secondary.url]
+    writer = FileStore(str(path))
+    with FailoverSession(backends, state_file=path) as session:
+        session.clear_cache()
+        selection = session.failover_adapter._selection
+        old_interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            for round_ in range(100):
+                writing = threading.Event()
+                writing.set()
+
+                def read(writing: threading.Event = writing) -> None:
+                    while writing.is_set():
+                        selection.sync()
+
+                threads = [threading.Thread(target=read) for _ in range(4)]
+                for t in threads:
+                    t.start()
+                for i in range(6):
+                    active = backends[(round_ + i) % 2]
+                    writer.update(
+                        lambda s, a=active: dataclasses.replace(s, active=a, checked_at=1.0), selection._state, 0.0
+                    )
+                writing.clear()
+                for t in threads:
+                    t.join()
+                assert selection.sync().active == active, f"round {round_}: an older selection was kept"
+        finally:
+            sys.setswitchinterval(old_interval)
+
+
+def test_a_killed_probers_claim_is_void_at_once(primary, secondary, state_dir):
+    path = state_dir / "state.json"
+    backends = [primary.url, secondary.url]
+    with FailoverSession(backends, state_file=path) as session:
+        session.force_refresh()
+        checked = session.status()["last_health_check"]
+    # stale for everybody; a locked read-modify-write, as a late probe result of
+    # the session above may be written at any moment too
+    store = FileStore(str(path))
+    store.update(lambda s: dataclasses.replace(s, checked_at=1.0), store.load(tuple(backends), 0.0), 0.0)
+    primary.set("blackhole")  # the child's probe hangs until we kill it
+    code = (
+        "from requests_failover import FailoverSession\n"
+        f"s = FailoverSession({backends!r}, state_file={str(path)!r}, health_timeout=300)\n"
+        f"s.get({primary.url + '/x'!r})\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline_checks = 0
+        while json.loads(path.read_text()).get("probing_by") is None:
+            assert child.poll() is None, f"the child ended before claiming the probe: {path.read_text()}"
+            deadline_checks += 1
+            assert deadline_checks < BOUND * 100, "the child never claimed the probe"
+            threading.Event().wait(0.01)
+        claim = json.loads(path.read_text())
+        assert claim["probing_until"] > 100 and str(child.pid) in claim["probing_by"]
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(BOUND)
+    primary.set("up")
+    with FailoverSession(backends, state_file=path) as session:
+        assert session.get(primary.url + "/y").json()["server"] == "primary"
+        status = session.status()
+        assert status["last_health_check"] is not None and status["last_health_check"] > checked
+        assert not status["health_checking"]
+
+
+def test_a_symlink_at_the_lock_path_is_never_followed(primary, secondary, state_dir, caplog):
+    target = state_dir / "precious"
+    target.write_text("keep me")
+    target.chmod(0o644)
+    os.symlink(target, state_dir / "state.json.lock")
+    with FailoverSession([primary.url, secondary.url], state_file=state_dir / "state.json") as session:
+        primary.set("refuse")
+        assert session.get(primary.url + "/").json()["server"] == "secondary"
+    assert target.read_text() == "keep me" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert not (state_dir / "state.json").exists()
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)
+
+
+def test_a_directory_other_users_can_write_is_refused_unless_sticky(primary, secondary, state_dir, caplog):
+    shared = state_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with FailoverSession([primary.url, secondary.url], state_file=shared / "state.json") as session:
+        primary.set("refuse")
+        assert session.get(primary.url + "/").json()["server"] == "secondary"
+    assert list(shared.iterdir()) == []
+    assert any("writable by other users" in r.getMessage() for r in caplog.records)
+    primary.set("up")
+    shared.chmod(0o1777)
+    with FailoverSession([primary.url, secondary.url], state_file=shared / "state.json") as session:
+        session.force_refresh()
+    assert (shared / "state.json").is_file(), "a sticky directory such as /tmp is fine"
+
+
+def _nobody() -> Any:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(not root() or _nobody() is None, reason="needs root and a 'nobody' user to plant as another uid")
+def test_symlinks_planted_by_another_user_in_a_sticky_directory(primary, secondary, caplog):
+    import filelock
+
+    shared = Path(tempfile.mkdtemp(prefix="rf-sticky-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)
+        targets = {name: shared / f"{name}-target" for name in ("state", "lock")}
+        for target in targets.values():
+            target.write_text("root's data")
+            target.chmod(0o644)
+        state = shared / "state.json"
+        plant = 'ln -s "$1" "$3" && ln -s "$2" "$3.lock"'  # /bin/sh: nobody cannot run root's interpreters
+        args = ["/bin/sh", "-c", plant, "sh", str(targets["state"]), str(targets["lock"]), str(state)]
+        subprocess.run(args, check=True, user=_nobody().pw_uid, cwd="/", timeout=BOUND)
+        assert state.is_symlink() and os.lstat(state).st_uid == _nobody().pw_uid
+        with FailoverSession([primary.url, secondary.url], state_file=state) as session:
+            primary.set("refuse")
+            assert session.get(primary.url + "/").json()["server"] == "secondary"
+            session.clear_cache()
+        for target in targets.values():
+            assert target.read_text() == "root's data", f"filelock {filelock.__version__} wrote through a symlink"
+            assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        assert any("not usable" in r.getMessage() for r in caplog.records)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_claim_of_a_dead_unreaped_or_reused_pid_is_void():
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        token = f"{socket.gethostname()} {child.pid} {_state._start_time(child.pid)}"
+        assert not _state.claim_is_void(token), "a live owner's claim holds"
+        assert not _state.claim_is_void(f"other-host {child.pid} 1"), "another machine's claim holds until it expires"
+        assert _state.claim_is_void(f"{socket.gethostname()} {child.pid} 1"), "same pid, other start time: reused"
+        child.kill()
+        for _ in range(int(BOUND * 100)):
+            if _state._start_time(child.pid) == "Z":
+                break
+            threading.Event().wait(0.01)
+        assert _state.claim_is_void(token), "a zombie holds no claim"
+    finally:
+        child.wait(BOUND)
+    assert _state.claim_is_void(token), "a reaped process holds no claim"
