@@ -45,9 +45,9 @@ CTX = multiprocessing.get_context("spawn")
 
 
 def _serve(conn: Any) -> None:
-    from requests_failover._loopback import LoopbackServer
+    from requests_failover.testing import LoopbackBackend
 
-    servers = {"primary": LoopbackServer("primary"), "secondary": LoopbackServer("secondary")}
+    servers = {"primary": LoopbackBackend("primary"), "secondary": LoopbackBackend("secondary")}
     conn.send({name: s.url for name, s in servers.items()})
     while True:
         command, name, *args = conn.recv()
@@ -323,7 +323,7 @@ def main() -> int:
         results["steady_8_threads"] = steady_state(b, rounds, count, 8)
         results["steady_failed_over"] = steady_state(b, rounds, count, 1, failed_over=True)
         results["refused"] = refused_failover(b, rounds)
-        results["blackholed"] = shared(b, 3, "drop")
+        results["blackholed"] = shared(b, 3, "blackhole")
         for n in (2, 4, 8):
             results[f"propagation_{n}"] = shared(b, n, "up")
         results["cold"] = cold_start(b, rounds)

@@ -19,7 +19,6 @@ import requests
 from . import __version__
 from ._config import DEFAULT_HEALTH_PATHS, build_options
 from ._health import probe
-from ._loopback import LoopbackServer
 from .adapter import FailoverAdapter
 from .session import FailoverSession
 
@@ -125,6 +124,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
 # -- demo ------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     """Two loopback backends, a stream of requests, an outage, a failback."""
+    from .testing import LoopbackBackend  # only the demo needs servers
+
     log = logging.getLogger("requests_failover")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("        [log] %(levelname)s %(message)s"))
@@ -134,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     served: Dict[str, Dict[str, int]] = {}
     failed: Dict[str, int] = {}
     try:
-        with LoopbackServer("primary") as primary, LoopbackServer("secondary") as secondary:
+        with LoopbackBackend("primary") as primary, LoopbackBackend("secondary") as secondary:
             names = {primary.url: "primary", secondary.url: "secondary"}
             print(f"primary   {primary.url}\nsecondary {secondary.url}\n")
             with FailoverSession([primary.url, secondary.url], state_file=False, cache_ttl=3600) as session:

@@ -9,8 +9,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 from requests_failover import FailoverSession, SwitchEvent
-from requests_failover._loopback import LoopbackServer
-from requests_failover.testing import set_testing
+from requests_failover.testing import LoopbackBackend, set_testing
 
 
 @pytest.fixture(autouse=True)
@@ -25,21 +24,20 @@ def _no_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
         monkeypatch.delenv(name, raising=False)
 
 
+# Our own tests are the first users of the public pytest plugin (requests_failover.pytest_plugin).
 @pytest.fixture
-def primary() -> Iterator[LoopbackServer]:
-    with LoopbackServer("primary") as server:
-        yield server
-
-
-@pytest.fixture
-def secondary() -> Iterator[LoopbackServer]:
-    with LoopbackServer("secondary") as server:
-        yield server
+def primary(failover_primary: LoopbackBackend) -> LoopbackBackend:
+    return failover_primary
 
 
 @pytest.fixture
-def tertiary() -> Iterator[LoopbackServer]:
-    with LoopbackServer("tertiary") as server:
+def secondary(failover_secondary: LoopbackBackend) -> LoopbackBackend:
+    return failover_secondary
+
+
+@pytest.fixture
+def tertiary() -> Iterator[LoopbackBackend]:
+    with LoopbackBackend("tertiary") as server:
         yield server
 
 

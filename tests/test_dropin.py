@@ -154,8 +154,8 @@ def test_pickling_round_trips_configuration_and_cookies(primary, secondary):
 def test_all_backends_failed_keeps_legacy_except_clauses_working(make_session, primary, secondary):
     session = make_session([primary.url, secondary.url])
     session.get(primary.url + "/")
-    primary.set("blackhole")
-    secondary.set("blackhole")
+    primary.set("hang")
+    secondary.set("hang")
     with pytest.raises(requests.exceptions.ReadTimeout) as info:
         session.get(primary.url + "/", timeout=(1, 0.2))
     assert isinstance(info.value, AllBackendsFailed)

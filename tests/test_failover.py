@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from requests_failover import AllBackendsFailed, FailoverSession, SwitchEvent
-from requests_failover._loopback import LoopbackServer
+from requests_failover.testing import LoopbackBackend
 
 from .conftest import Clock
 
@@ -22,7 +22,7 @@ def served_by(response: requests.Response) -> str:
     return str(response.json()["server"])
 
 
-def app_hits(server: LoopbackServer, method: str = "") -> int:
+def app_hits(server: LoopbackBackend, method: str = "") -> int:
     return len([h for h in server.hits(health=False) if not method or h.method == method])
 
 
@@ -77,7 +77,7 @@ def test_switch_is_logged_once_at_info_naming_both_backends(make_session: Make, 
 def test_connect_timeout_fails_over_even_for_post(make_session: Make, primary, secondary):
     session = make_session([primary.url, secondary.url], health_timeout=0.5)
     session.get(primary.url + "/")  # selection made while the primary is up
-    primary.set("drop")  # SYNs are never answered: a connect timeout
+    primary.set("blackhole")  # SYNs are never answered: a connect timeout
     response = session.post(primary.url + "/pay", data=b"x", timeout=(0.5, 5))
     assert served_by(response) == "secondary"
     assert app_hits(secondary, "POST") == 1
@@ -86,7 +86,7 @@ def test_connect_timeout_fails_over_even_for_post(make_session: Make, primary, s
 def test_black_holed_primary_costs_one_timeout_then_is_skipped(make_session: Make, primary, secondary):
     session = make_session([primary.url, secondary.url])
     session.get(primary.url + "/")
-    primary.set("blackhole")
+    primary.set("hang")
     assert served_by(session.get(primary.url + "/slow", timeout=(5, 1.5))) == "secondary"
     assert app_hits(primary) == 2  # the first GET, then the one that timed out
     assert served_by(session.get(primary.url + "/next", timeout=(5, 1.5))) == "secondary"
@@ -128,7 +128,7 @@ def test_503_on_post_with_idempotency_key_fails_over(make_session: Make, primary
 def test_read_timeout_on_post_raises_read_timeout_and_is_not_replayed(make_session: Make, primary, secondary):
     session = make_session([primary.url, secondary.url])
     session.get(primary.url + "/")
-    primary.set("blackhole")
+    primary.set("hang")
     with pytest.raises(requests.exceptions.ReadTimeout) as info:
         session.post(primary.url + "/pay", data=b"x", timeout=(1, 0.3))
     assert isinstance(info.value, AllBackendsFailed)
@@ -378,7 +378,7 @@ def test_redirects_are_rewritten(make_session: Make, primary, secondary):
 
 @pytest.mark.skipif("not __import__('tests.conftest', fromlist=['x']).ipv6_loopback_available()")
 def test_ipv6_loopback_backend(make_session: Make, primary):
-    with LoopbackServer("v6", host="::1") as v6:
+    with LoopbackBackend("v6", host="::1") as v6:
         session = make_session([primary.url, v6.url])
         primary.set("refuse")
         assert served_by(session.get(primary.url + "/x?q=[1]")) == "v6"
@@ -421,7 +421,7 @@ def test_default_timeout_applies_and_caller_timeout_wins(make_session: Make, pri
 def test_request_without_timeout_does_not_hang_on_a_black_hole(make_session: Make, primary, secondary):
     session = make_session([primary.url, secondary.url], default_timeout=(5, 1.5))
     session.get(primary.url + "/")
-    primary.set("blackhole")
+    primary.set("hang")
     assert served_by(session.get(primary.url + "/")) == "secondary"
 
 
@@ -530,7 +530,7 @@ def test_library_never_prints(make_session: Make, primary, secondary, capsys):
 def test_timeout_then_refused_is_still_a_read_timeout_with_the_plain_args(make_session: Make, primary, secondary):
     session = make_session([primary.url, secondary.url])
     session.get(primary.url + "/")
-    primary.set("blackhole")
+    primary.set("hang")
     secondary.set("refuse")
     with pytest.raises(requests.exceptions.ReadTimeout) as info:
         session.get(primary.url + "/slow", timeout=(1, 0.3))

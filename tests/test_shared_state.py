@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from requests_failover import FailoverSession
-from requests_failover._loopback import LoopbackServer
 from requests_failover._state import FORMAT_VERSION, default_path
+from requests_failover.testing import LoopbackBackend
 
 from . import _workers
 from .conftest import root
@@ -77,7 +77,7 @@ def state_file(tmp_path: Path) -> str:
     return str(tmp_path / "state" / "selection.json")
 
 
-def hits_from(server: LoopbackServer, worker: str) -> int:
+def hits_from(server: LoopbackBackend, worker: str) -> int:
     return len([h for h in server.hits() if h.headers.get("X-Worker") == worker])
 
 

@@ -168,7 +168,7 @@ def test_clean_exits_with_a_late_probe_in_flight_leave_no_temp_file(primary, sec
     # The primary answers its probe at once, so the first request goes ahead;
     # the secondary's probe is still in flight (black hole, short timeout) and
     # its late result is written from a daemon thread around interpreter exit.
-    secondary.set("blackhole")
+    secondary.set("hang")
     path = state_dir / "state.json"
     code = (
         "import random, time\n"
@@ -240,7 +240,7 @@ def test_a_killed_probers_claim_is_void_at_once(primary, secondary, state_dir):
     # the session above may be written at any moment too
     store = FileStore(str(path))
     store.update(lambda s: dataclasses.replace(s, checked_at=1.0), store.load(tuple(backends), 0.0), 0.0)
-    primary.set("blackhole")  # the child's probe hangs until we kill it
+    primary.set("hang")  # the child's probe hangs until we kill it
     code = (
         "from requests_failover import FailoverSession\n"
         f"s = FailoverSession({backends!r}, state_file={str(path)!r}, health_timeout=300)\n"
