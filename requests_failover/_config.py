@@ -24,6 +24,7 @@ DEFAULT_HEALTH_TIMEOUT = 3.0
 DEFAULT_CACHE_TTL = 300.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_DELAY = 1.0
+DEFAULT_HEALTHY_THRESHOLD = 2
 #: Applied to a request sent without a timeout: (connect, read) in seconds.
 DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
 DEFAULT_POOL_CONNECTIONS = 10
@@ -180,6 +181,7 @@ class Options:
     cache_ttl: float = DEFAULT_CACHE_TTL
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
+    healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
     default_timeout: Tuple[Optional[float], Optional[float]] = DEFAULT_TIMEOUT
     state_file: Union[bool, str, None] = None
     on_switch: Optional[Callable[[Any], None]] = None
@@ -194,6 +196,7 @@ def build_options(
     cache_ttl: object = DEFAULT_CACHE_TTL,
     max_retries: object = DEFAULT_MAX_RETRIES,
     retry_delay: object = DEFAULT_RETRY_DELAY,
+    healthy_threshold: object = DEFAULT_HEALTHY_THRESHOLD,
     default_timeout: object = DEFAULT_TIMEOUT,
     state_file: object = None,
     on_switch: object = None,
@@ -230,6 +233,11 @@ def build_options(
     if max_retries < 0:
         raise ValueError(f"max_retries: must be >= 0, got {max_retries}")
 
+    if isinstance(healthy_threshold, bool) or not isinstance(healthy_threshold, int):
+        raise TypeError(f"healthy_threshold: expected an int, got {type(healthy_threshold).__name__}")
+    if not 1 <= healthy_threshold <= 100:
+        raise ValueError(f"healthy_threshold: must be between 1 and 100, got {healthy_threshold}")
+
     if state_file is True:
         raise ValueError("state_file: pass None for the default file, False for memory only, or a path")
     if state_file is not None and state_file is not False:
@@ -249,6 +257,7 @@ def build_options(
         cache_ttl=_number("cache_ttl", cache_ttl, minimum=0),
         max_retries=max_retries,
         retry_delay=_number("retry_delay", retry_delay, minimum=0),
+        healthy_threshold=healthy_threshold,
         default_timeout=validate_timeout("default_timeout", default_timeout),
         state_file=state_file,
         on_switch=on_switch,

@@ -96,13 +96,15 @@ def probe_all(
     hold: Optional[Mapping[str, float]] = None,
     now: float = 0.0,
     on_late: Optional[Callable[[ProbeResult], None]] = None,
+    spawn: Optional[Callable[[Callable[[], None]], None]] = None,
 ) -> List[ProbeResult]:
     """Probe every backend concurrently; return once the selection is decided.
 
     The return comes as soon as a backend answered healthy and every backend
     before it in priority order answered unhealthy (so a healthy primary is
     not kept waiting by a dead secondary). Probes still running then report to
-    ``on_late`` when they finish.
+    ``on_late`` when they finish. ``spawn`` starts each probe's thread (the
+    caller tracks them, to wait for them at close).
     """
     order = [b.url for b in backends]
     results: Dict[str, ProbeResult] = {}
@@ -127,7 +129,10 @@ def probe_all(
         run(backends[0])
         return [results[order[0]]]
     for backend in backends:
-        threading.Thread(target=run, args=(backend,), name="requests-failover-probe", daemon=True).start()
+        if spawn is not None:
+            spawn(lambda backend=backend: run(backend))  # type: ignore[misc]  # default binds the loop value
+        else:
+            threading.Thread(target=run, args=(backend,), name="requests-failover-probe", daemon=True).start()
     with changed:
         while len(results) < len(order) and select_from_probes(order, results, hold or {}, now) is None:
             changed.wait()

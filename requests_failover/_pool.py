@@ -6,11 +6,18 @@ pass ``now``, unix seconds). Persistence (:mod:`._state`) and probing
 
 Down time after failures (elastic-transport's formula)::
 
-    down_for = min(DOWN_CAP, DOWN_BASE * 2 ** (consecutive_failures - 1))
+    down_for = min(DOWN_CAP, DOWN_BASE * 2 ** (level - 1))
 
-so 1 s, 2 s, 4 s ... capped at 30 s, reset by one success. A ``Retry-After``
-on a 503 holds the backend down for that long (capped at
-``RETRY_AFTER_CAP``) even if its health probe answers meanwhile.
+so 1 s, 2 s, 4 s ... capped at 30 s. ``level`` counts failures since the
+backend was last *stable*: a success forgives them only once the last failure
+is ``STABLE_AFTER`` seconds old, so a backend that flaps (fails again soon
+after coming back) stays down longer each time. While a backend is down its
+next health probe is due at ``down_until`` (the same schedule); a healthy
+probe of a backend that failed is confirmed ``CONFIRM_AFTER`` seconds later,
+and a higher-priority backend is taken back (failback) only after
+``healthy_threshold`` consecutive healthy probes. A ``Retry-After`` on a 503
+holds the backend down for that long (capped at ``RETRY_AFTER_CAP``) even if
+its health probe answers meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ DOWN_BASE = 1.0
 DOWN_CAP = 30.0
 RETRY_AFTER_CAP = 60.0
 CLOCK_SLACK = 5.0
+#: Seconds after the last failure from which a success resets ``level``.
+STABLE_AFTER = 60.0
+#: Seconds between a recovering backend's healthy probes (until it is taken back).
+CONFIRM_AFTER = 1.0
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,17 @@ class Health:
     hold_until: float = 0.0  # Retry-After: not selected before this, probe or not
     last_latency_ms: Optional[float] = None
     last_error: Optional[str] = None
+    level: int = 0  # failures since the backend was last stable: the down-time exponent
+    successes: int = 0  # consecutive healthy probes or answers since the last failure
+    failed_at: float = 0.0  # unix time of the last failure
+    probed_at: float = 0.0  # unix time of the last probe result
 
     def available(self, now: float) -> bool:
         return now >= self.down_until and now >= self.hold_until
+
+    def eligible(self, threshold: int) -> bool:
+        """Healthy and trusted: never failed since it was stable, or confirmed ``threshold`` times."""
+        return self.healthy is True and (self.level == 0 or self.successes >= threshold)
 
 
 _UNKNOWN = Health()
@@ -112,15 +131,26 @@ def _choose(state: State, now: float, exclude: str) -> Optional[str]:
 
 def _failed(old: Health, error: Optional[str], now: float, hold_until: float) -> Health:
     """``old`` after one more failure: down for the backoff of the module docstring."""
-    failures = old.consecutive_failures + 1
-    down_for = min(DOWN_CAP, DOWN_BASE * 2 ** (failures - 1))
+    level = min(old.level + 1, 64)
+    down_for = min(DOWN_CAP, DOWN_BASE * 2 ** (level - 1))
     return dataclasses.replace(
         old,
         healthy=False,
-        consecutive_failures=failures,
+        consecutive_failures=old.consecutive_failures + 1,
+        level=level,
+        successes=0,
+        failed_at=now,
         down_until=max(now + down_for, hold_until),
         hold_until=hold_until,
         last_error=error,
+    )
+
+
+def _succeeded(old: Health, now: float) -> Health:
+    """``old`` after a success (a healthy probe or an answer)."""
+    level = 0 if now - old.failed_at >= STABLE_AFTER else old.level
+    return dataclasses.replace(
+        old, healthy=True, consecutive_failures=0, down_until=0.0, successes=old.successes + 1, level=level
     )
 
 
@@ -146,32 +176,63 @@ def mark_succeeded(state: State, url: str, now: float) -> State:
         active = url
     if old.healthy is True and old.consecutive_failures == 0 and active == state.active:
         return state  # nothing to record: the hot path writes nothing
-    health = dataclasses.replace(old, healthy=True, consecutive_failures=0, down_until=0.0)
-    return _replace(state, url, health, active=active)
+    return _replace(state, url, _succeeded(old, now), active=active)
 
 
-def apply_probes(state: State, results: Iterable[ProbeResult], now: float, *, select: bool) -> State:
-    """Record probe results; with ``select``, choose the first healthy backend.
+def apply_probes(
+    state: State, results: Iterable[ProbeResult], now: float, *, select: bool, threshold: int = 2
+) -> State:
+    """Record probe results and choose.
 
-    A backend held by ``Retry-After`` is not selected even if it answered.
-    When none is healthy the stored selection (else the first backend) stays.
+    With ``select`` (a full probe round) the first *eligible* backend in
+    priority order is chosen (healthy, not held by ``Retry-After``, and either
+    never failed since it was stable or confirmed ``threshold`` times), else
+    the first healthy one, else the stored selection stays. Without it (a
+    failback probe, a late result) the selection moves only to a backend of
+    higher priority than the current one that is eligible.
     """
     table: Dict[str, Health] = dict(state.health)
     for result in results:
         old = table.get(result.url, _UNKNOWN)
+        new = _succeeded(old, now) if result.healthy else _failed(old, result.error, now, old.hold_until)
         if result.healthy:
-            new = dataclasses.replace(old, healthy=True, consecutive_failures=0, down_until=0.0, last_error=None)
-        else:
-            new = _failed(old, result.error, now, old.hold_until)
-        table[result.url] = dataclasses.replace(new, last_latency_ms=result.latency_ms)
-    if not select:
-        return dataclasses.replace(state, health=table)
+            new = dataclasses.replace(new, last_error=None)
+        table[result.url] = dataclasses.replace(new, last_latency_ms=result.latency_ms, probed_at=now)
     probed = dataclasses.replace(state, health=table)
-    active = next(
-        (u for u in state.backends if probed.record(u).healthy and now >= probed.record(u).hold_until),
-        state.active,
-    )
+
+    def usable(url: str) -> bool:
+        return now >= probed.record(url).hold_until
+
+    if not select:
+        current = state.backends.index(state.current())
+        better = next((u for u in state.backends[:current] if usable(u) and probed.record(u).eligible(threshold)), None)
+        return probed if better is None else dataclasses.replace(probed, active=better)
+    active = next((u for u in state.backends if usable(u) and probed.record(u).eligible(threshold)), None)
+    if active is None:
+        active = next((u for u in state.backends if usable(u) and probed.record(u).healthy), state.active)
     return dataclasses.replace(probed, active=active, checked_at=now, probing_until=0.0, probing_by=None)
+
+
+def probes_due(state: State, now: float, threshold: int) -> Dict[str, float]:
+    """When each backend of higher priority than the current one is next probed (failback).
+
+    A backend that failed is probed when its down time ends; one that answered
+    healthy but is not yet confirmed, ``CONFIRM_AFTER`` after that probe; one
+    never probed, now. A ``Retry-After`` hold delays all of them.
+    """
+    current = state.backends.index(state.current())
+    due: Dict[str, float] = {}
+    for url in state.backends[:current]:
+        health = state.record(url)
+        if health.eligible(threshold) and now >= health.hold_until:
+            due[url] = now  # ready to be taken back: one more probe decides
+        elif health.healthy is None:
+            due[url] = max(now, health.hold_until)
+        elif health.healthy:
+            due[url] = max(health.probed_at + CONFIRM_AFTER, health.hold_until)
+        else:
+            due[url] = max(health.down_until, health.hold_until)
+    return due
 
 
 def select_from_probes(

@@ -37,6 +37,16 @@ def testing() -> bool:
     return _testing
 
 
+def custom_clock() -> bool:
+    """Whether a test replaced the clock (background work then polls it)."""
+    return _clock is not time.time
+
+
+def interval(seconds: float) -> float:
+    """A background probe interval: as given, or a hundredth of it in testing mode with the real clock."""
+    return seconds / 100.0 if _testing and _clock is time.time else seconds
+
+
 def configure(
     testing: bool, clock: Optional[Callable[[], float]] = None, sleep: Optional[Callable[[float], None]] = None
 ) -> None:

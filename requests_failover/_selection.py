@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from . import _pool, _runtime
+from ._background import WORKER
 from ._config import Backend, Options
-from ._health import Sender, probe_all
+from ._health import Sender, probe, probe_all
 from ._pool import ProbeResult, State
-from ._state import claim_is_void, open_store, owner_token
+from ._state import Update, claim_is_void, open_store, owner_token
 
 log = logging.getLogger("requests_failover")
 
@@ -49,16 +51,30 @@ class Selection:
         self._store = open_store(options.state_file, self._backends)
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
-        _runtime.reset_after_fork(self)
+        self._flush_lock = threading.Lock()
+        self._fresh_process()
         loaded = self._store.load(self._backends, self._clock())
         self._state: State = loaded or State(self._backends)
+        self._persisted = self._state  # what the store holds, as far as we know
         self._plan_cache: Optional[Tuple[State, float, List[Backend]]] = None
+        self._closed = False
+        self._probe_kwargs: Mapping[str, Any] = {}
+        _runtime.reset_after_fork(self)
+
+    def _fresh_process(self) -> None:
+        self._pending: List[Update] = []  # write-behind: applied in memory, not yet in the store
+        self._threads: Set[threading.Thread] = set()  # probe threads in flight
+        self._probing: Set[str] = set()  # backends probed in the background right now
+        self._round = False  # a full background probe round is running
+        self._registered = -1  # the worker generation this selection registered with
 
     def _after_fork(self) -> None:
         # A lock inherited through fork() may be held by a thread that does not
-        # exist in the child; start the child with fresh ones.
+        # exist in the child; the parent writes its own pending updates.
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._fresh_process()
 
     # -- reading --------------------------------------------------------------
     def sync(self) -> State:
@@ -66,6 +82,7 @@ class Selection:
 
         The read and the adoption happen under one lock: a thread that read an
         older file can never store it after another thread stored a newer one.
+        Updates of ours not yet written are applied on top.
         """
         if not self._store.changed():
             return self._state
@@ -73,9 +90,11 @@ class Selection:
             shared = self._store.poll(self._backends, self._clock())
             if shared is None:
                 return self._state
-            previous, self._state = self._state, shared
-        self._announce(previous, shared, "changed by another process")
-        return shared
+            self._persisted = shared
+            previous, self._state = self._state, _apply(self._pending, shared)
+            current = self._state
+        self._announce(previous, current, "changed by another process")
+        return current
 
     def plan(self) -> List[Backend]:
         """The order of backends for one request (cached until the state or the time it depends on changes)."""
@@ -89,32 +108,46 @@ class Selection:
         self._plan_cache = (state, min(ahead, default=float("inf")), order)
         return order
 
-    # -- probing ----------------------------------------------------------------
+    # -- freshness: the request path never waits for a probe once anything is known ----
     def ensure_fresh(self, send_kwargs: Mapping[str, Any]) -> None:
-        """Re-probe if the selection is stale and nobody else is probing it."""
+        """Make sure the selection is being kept fresh; probe here only when nothing is known.
+
+        A stale selection keeps serving while the background thread re-probes
+        it (stale-while-revalidate). Only the very first request of a backend
+        set with no state anywhere waits, and only until the priority order is
+        decided.
+        """
+        if self._registered != WORKER.generation:
+            self._probe_kwargs = dict(send_kwargs)
+            self._registered = WORKER.generation
+            WORKER.add(self)
         state = self.sync()
-        now = self._clock()
-        if state.is_fresh(now, self._options.cache_ttl) or self._claimed(state, now):
+        if state.checked_at is not None or state.health:
             return
+        self._probe_kwargs = dict(send_kwargs)
         if not self._probe_lock.acquire(blocking=False):
-            return  # another thread of this process is probing: use the stale selection
+            return  # another thread of this process is probing: go ahead with the first backend
         try:
-            claimed = False
-            budget = self._options.health_timeout * len(self._options.health_paths) + 5.0
-
-            def claim(current: State) -> State:
-                nonlocal claimed
-                now = self._clock()
-                if current.is_fresh(now, self._options.cache_ttl) or self._claimed(current, now):
-                    return current  # another process probed, or is probing, meanwhile
-                claimed = True
-                return dataclasses.replace(current, probing_until=now + budget, probing_by=owner_token())
-
-            self._update(claim, "changed by another process")
-            if claimed:
-                self._probe(send_kwargs, "health check")
+            if self._claim():
+                self._probe_round(dict(send_kwargs), "health check")
         finally:
             self._probe_lock.release()
+
+    def _claim(self) -> bool:
+        """Claim the probe round in the store, unless it is fresh or a live prober holds it."""
+        claimed = False
+        budget = self._options.health_timeout * len(self._options.health_paths) + 5.0
+
+        def claim(current: State) -> State:
+            nonlocal claimed
+            now = self._clock()
+            if current.is_fresh(now, self._options.cache_ttl) or self._claimed(current, now):
+                return current  # another process probed, or is probing, meanwhile
+            claimed = True
+            return dataclasses.replace(current, probing_until=now + budget, probing_by=owner_token())
+
+        self._update_now(claim, "changed by another process")
+        return claimed
 
     @staticmethod
     def _claimed(state: State, now: float) -> bool:
@@ -122,18 +155,30 @@ class Selection:
         return state.probing_until > now and not claim_is_void(state.probing_by)
 
     def refresh(self, send_kwargs: Mapping[str, Any]) -> str:
-        """Probe now, ignoring the cache and any other prober; return the selection."""
+        """Probe now, ignoring the cache and any other prober; return the selection.
+
+        An explicit refresh takes the first healthy backend at once: no
+        ``healthy_threshold`` confirmation is waited for.
+        """
         with self._probe_lock:
-            self._probe(send_kwargs, "forced refresh")
+            self._probe_round(send_kwargs, "forced refresh", threshold=1)
+        self._flush()
         return self._state.current()
 
-    def _probe(self, send_kwargs: Mapping[str, Any], reason: str) -> None:
+    def _probe_round(self, send_kwargs: Mapping[str, Any], reason: str, threshold: Optional[int] = None) -> None:
+        """Probe every backend; return once the priority order is decided."""
         state = self._state
         now = self._clock()
         hold = {url: state.record(url).hold_until for url in self._backends}
+        if threshold is None:
+            threshold = self._options.healthy_threshold
 
         def late(result: ProbeResult) -> None:
-            self._update(lambda s: _pool.apply_probes(s, [result], self._clock(), select=False), reason)
+            if not self._closed:
+                self._update(
+                    lambda s: _pool.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
+                    reason,
+                )
 
         results = probe_all(
             self._options.targets,
@@ -144,8 +189,86 @@ class Selection:
             hold=hold,
             now=now,
             on_late=late,
+            spawn=self._spawn,
         )
-        self._update(lambda s: _pool.apply_probes(s, results, self._clock(), select=True), reason)
+        if not self._closed:
+            self._update(
+                lambda s: _pool.apply_probes(s, results, self._clock(), select=True, threshold=threshold), reason
+            )
+
+    # -- background work (called by the worker thread) ------------------------------------
+    def _tick(self) -> Optional[float]:
+        """Do what is due now without blocking; return when this selection is next due."""
+        if self._closed:
+            return None
+        self._flush()
+        state = self.sync()
+        now = self._clock()
+        ttl = self._options.cache_ttl
+        due = float("inf")
+        if state.checked_at is None and not state.health:
+            return None  # nothing known: the first request probes
+        if state.is_fresh(now, ttl):
+            due = state.checked_at + ttl if state.checked_at is not None else due
+        elif self._claimed(state, now):
+            due = state.probing_until  # another process probes; look again when its claim ends
+        elif not self._round and self._claim():
+            self._round = True
+            self._spawn(self._background_round)
+        scale = _runtime.interval(1.0)
+        for url, at in _pool.probes_due(state, now, self._options.healthy_threshold).items():
+            if url in self._probing:
+                continue
+            health = state.record(url)
+            since = max(health.failed_at, health.probed_at)
+            at = since + (at - since) * scale if at > since else at  # testing mode: 1/100 of each interval
+            wait = at - now
+            if wait <= 0:
+                self._probing.add(url)
+                self._spawn(lambda url=url: self._probe_one(url))  # type: ignore[misc]  # binds the loop value
+            else:
+                due = min(due, now + wait)
+        return due
+
+    def _background_round(self) -> None:
+        try:
+            self._probe_round(self._probe_kwargs, "health check")
+        finally:
+            self._round = False
+            WORKER.wake()
+
+    def _probe_one(self, url: str) -> None:
+        """A failback probe of one backend of higher priority than the current one."""
+        try:
+            result = probe(
+                self._by_url[url],
+                self._options.health_paths,
+                self._options.health_timeout,
+                self._send,
+                self._probe_kwargs,
+            )
+            if not self._closed:
+                threshold = self._options.healthy_threshold
+                self._update(
+                    lambda s: _pool.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
+                    f"{url} is healthy again",
+                )
+        finally:
+            self._probing.discard(url)
+            WORKER.wake()
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        """Start a probe thread that :meth:`close` waits for."""
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self._threads.discard(thread)
+
+        thread = threading.Thread(target=run, name="requests-failover-probe", daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     # -- recording outcomes ------------------------------------------------------
     def record_failure(self, backend: Backend, error: str, retry_after: Optional[float] = None) -> None:
@@ -166,15 +289,68 @@ class Selection:
         self._update(lambda s: _pool.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
 
     def clear(self) -> None:
-        self._update(lambda s: State(s.backends), "cache cleared")
+        self._update_now(lambda s: State(s.backends), "cache cleared")
 
     # -- plumbing -------------------------------------------------------------------
-    def _update(self, fn: Callable[[State], State], reason: str) -> None:
+    def _update(self, fn: Update, reason: str) -> None:
+        """Apply ``fn`` in memory now; the store follows on the background thread (write-behind).
+
+        No file lock, write or fsync on the caller's path: the worker flushes
+        within milliseconds, and other processes see the change then.
+        """
         with self._lock:
             previous = self._state
-            self._state = self._store.update(fn, previous, self._clock())
-            current = self._state
+            self._state = current = fn(previous)
+            if current is previous:
+                return
+            if self._store.persistent:
+                self._pending.append(fn)
         self._announce(previous, current, reason)
+        WORKER.wake()  # a write to flush, or a schedule (failback probes) to recompute
+
+    def _update_now(self, fn: Update, reason: str) -> None:
+        """Apply ``fn`` to the store's freshest state and publish it before returning."""
+        self._flush()
+        with self._flush_lock:
+            result = self._store.update(fn, self._persisted, self._clock())
+            with self._lock:
+                self._persisted = result
+                previous, self._state = self._state, _apply(self._pending, result)
+                current = self._state
+        self._announce(previous, current, reason)
+
+    def _flush(self) -> None:
+        """Write pending updates: each applied to the store's freshest state, under its lock."""
+        if not self._pending:
+            return
+        with self._flush_lock:
+            with self._lock:
+                updates, self._pending = self._pending, []
+            if not updates:
+                return
+            result = self._store.update(lambda s: _apply(updates, s), self._persisted, self._clock())
+            with self._lock:
+                self._persisted = result
+                previous, self._state = self._state, _apply(self._pending, result)
+                current = self._state
+        self._announce(previous, current, "changed by another process")
+
+    def close(self) -> None:
+        """Stop background work; write what is pending; wait for probes in flight (no socket left)."""
+        self._closed = True
+        WORKER.remove(self)
+        self._flush()
+        with self._flush_lock:  # a flush the worker thread has under way ends first
+            pass
+        bound = time.monotonic() + self._options.health_timeout * len(self._options.health_paths) + 5.0
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, bound - time.monotonic()))
+
+    def idle(self) -> bool:
+        """No probe in flight and nothing waiting to be written (for tests)."""
+        busy = self._threads or self._pending or self._probing or self._round or self._flush_lock.locked()
+        return not busy
 
     def _announce(self, previous: State, current: State, reason: str) -> None:
         before, after = previous.current(), current.current()
@@ -195,7 +371,7 @@ class Selection:
             "active_backend": state.current(),
             "last_health_check": state.checked_at,
             "cache_valid": state.is_fresh(now, self._options.cache_ttl),
-            "health_checking": self._probe_lock.locked() or self._claimed(state, now),
+            "health_checking": self._probe_lock.locked() or self._round or self._claimed(state, now),
             "state_file": self._store.location,
             "development_mode": self._options.development,
             "backends": [
@@ -210,3 +386,9 @@ class Selection:
                 for url in self._backends
             ],
         }
+
+
+def _apply(updates: Iterable[Update], state: State) -> State:
+    for update in updates:
+        state = update(state)
+    return state

@@ -32,7 +32,8 @@ Format, version 1::
      "probing_until": 0.0, "probing_by": "host pid start-time" | null,
      "health": {"https://a.example": {"healthy": true, "consecutive_failures": 0,
                 "down_until": 0.0, "hold_until": 0.0, "last_latency_ms": 1.2,
-                "last_error": null}}}
+                "last_error": null, "level": 0, "successes": 3, "failed_at": 0.0,
+                "probed_at": 1700000000.0}}}
 """
 
 from __future__ import annotations
@@ -186,6 +187,12 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
             raise ValueError("bad consecutive_failures")
         if error is not None and not isinstance(error, str):
             raise ValueError("bad last_error")
+        counts = {}
+        for name in ("level", "successes"):
+            count = record.get(name, 0)
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 20:
+                raise ValueError(f"bad {name}")
+            counts[name] = count
         health[url] = Health(
             healthy=healthy,
             consecutive_failures=failures,
@@ -193,6 +200,10 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
             hold_until=min(_finite(record.get("hold_until", 0.0)) or 0.0, horizon),
             last_latency_ms=_finite(record.get("last_latency_ms"), optional=True),
             last_error=None if error is None else error[:300],
+            level=min(counts["level"], 64),
+            successes=counts["successes"],
+            failed_at=min(_finite(record.get("failed_at", 0.0)) or 0.0, horizon),
+            probed_at=min(_finite(record.get("probed_at", 0.0)) or 0.0, horizon),
         )
     probing_by = document.get("probing_by")
     if probing_by is not None and (not isinstance(probing_by, str) or len(probing_by) > 300):
@@ -211,6 +222,7 @@ class MemoryStore:
     """No persistence: the selection lives in this process only."""
 
     location: Optional[str] = None
+    persistent = False
 
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return None
@@ -278,6 +290,11 @@ class FileStore:
 
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return self._read(backends, now)
+
+    @property
+    def persistent(self) -> bool:
+        """False once the location proved unusable (the selection is then in memory only)."""
+        return self._path is not None
 
     def changed(self) -> bool:
         """Whether the file may have changed since we last read it (one ``lstat``)."""

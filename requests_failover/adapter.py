@@ -23,6 +23,7 @@ from ._config import (
     DEFAULT_CACHE_TTL,
     DEFAULT_HEALTH_PATHS,
     DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_HEALTHY_THRESHOLD,
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
@@ -58,8 +59,12 @@ class FailoverAdapter(HTTPAdapter):
         priority order.
     :param health_paths: paths probed in order; a 2xx answer means healthy.
     :param health_timeout: seconds for one probe request (connect and read).
-    :param cache_ttl: seconds a selection stays fresh; once stale, the next
-        request re-probes from the top (failback to a recovered primary).
+    :param cache_ttl: seconds a selection stays fresh; once stale, the
+        background thread re-probes from the top while requests keep using it.
+    :param healthy_threshold: consecutive healthy probes before a backend of
+        higher priority that failed is taken back (failback). While a lower
+        backend is used, the higher ones are probed in the background on the
+        down-time schedule (1, 2, 4 ... 30 s).
     :param max_retries: extra attempts after the first, across backends.
         (``HTTPAdapter.max_retries``, urllib3's own retries, stays off.)
     :param retry_delay: seconds, base of the backoff before a backend is tried
@@ -95,6 +100,7 @@ class FailoverAdapter(HTTPAdapter):
         cache_ttl: float = DEFAULT_CACHE_TTL,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_delay: float = DEFAULT_RETRY_DELAY,
+        healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD,
         default_timeout: Union[float, Tuple[Optional[float], Optional[float]]] = DEFAULT_TIMEOUT,
         state_file: Union[bool, str, os.PathLike[str], None] = None,
         transport: Optional[BaseAdapter] = None,
@@ -111,6 +117,7 @@ class FailoverAdapter(HTTPAdapter):
             cache_ttl=cache_ttl,
             max_retries=max_retries,
             retry_delay=retry_delay,
+            healthy_threshold=healthy_threshold,
             default_timeout=default_timeout,
             state_file=state_file,
             on_switch=on_switch,
@@ -202,6 +209,8 @@ class FailoverAdapter(HTTPAdapter):
         self._selection.clear()
 
     def close(self) -> None:
+        """Stop background work, wait for probes in flight, then close every pooled socket."""
+        self._selection.close()
         super().close()
         if self._transport is not None:
             self._transport.close()

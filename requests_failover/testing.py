@@ -50,14 +50,15 @@ import json
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _runtime
 from ._config import DEFAULT_HEALTH_PATHS
 
-__all__ = ["MODES", "Hit", "LoopbackBackend", "is_testing", "set_testing"]
+__all__ = ["MODES", "Hit", "LoopbackBackend", "is_testing", "set_testing", "settle"]
 
 MODES = ("up", "refuse", "blackhole", "hang", "reset", "truncate")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -425,6 +426,35 @@ def set_testing(
     previous = _runtime.snapshot()
     _runtime.configure(testing, clock, sleep)
     return _Restore(previous)
+
+
+def settle(session: Any, timeout: float = 30.0) -> None:
+    """Wait until ``session``'s background work is done: writes flushed, probes answered.
+
+    Background re-probes, failback probes and writes to the state file happen
+    on the library's background thread; a test that asserts on their outcome
+    calls this first. It waits for two complete rounds of that thread started
+    after the call (so work that is due now has been started and acted upon)
+    and for every probe in flight to end. ``session`` is a FailoverSession or
+    a FailoverAdapter. Raises ``TimeoutError`` after ``timeout`` seconds.
+    """
+    from ._background import WORKER
+
+    adapter = getattr(session, "failover_adapter", session)
+    selection = getattr(adapter, "_selection", None)
+    if selection is None:
+        raise TypeError(f"session: expected a FailoverSession or FailoverAdapter, got {type(session).__name__}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout: a number of seconds > 0, got {timeout!r}")
+    deadline = time.monotonic() + timeout
+    start = WORKER.rounds
+    WORKER.wake()
+    while WORKER.rounds < start + 2 or not selection.idle():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"background work of {session!r} did not settle in {timeout} s")
+        if selection.idle():
+            WORKER.wake()
+        time.sleep(0.002)
 
 
 def is_testing() -> bool:

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from requests_failover import AllBackendsFailed, FailoverSession, SwitchEvent
-from requests_failover.testing import LoopbackBackend
+from requests_failover.testing import LoopbackBackend, settle
 
 from .conftest import Clock
 
@@ -290,17 +290,18 @@ def test_connection_error_ends_a_backends_probe_at_once(make_session: Make, prim
     assert [h.path for h in primary.hits(health=True)] == ["/health"]
 
 
-def test_failback_to_recovered_primary_after_ttl(make_session: Make, primary, secondary, clock: Clock, events):
+def test_stale_selection_is_reprobed_from_the_top_in_the_background(make_session: Make, primary, secondary, clock):
     session = make_session([primary.url, secondary.url], cache_ttl=60)
     session.get(primary.url + "/")
-    primary.set("refuse")
-    assert served_by(session.get(primary.url + "/")) == "secondary"
-    primary.set("up")
+    probes = len(primary.probes)
     clock.advance(30)
-    assert served_by(session.get(primary.url + "/")) == "secondary", "fresh selection kept"
+    assert served_by(session.get(primary.url + "/")) == "primary"
+    settle(session)
+    assert len(primary.probes) == probes, "fresh: not probed"
     clock.advance(31)
-    assert served_by(session.get(primary.url + "/")) == "primary", "stale: re-probed from the top"
-    assert [(e.current, e.reason) for e in events][-1] == (primary.url, "health check")
+    assert served_by(session.get(primary.url + "/")) == "primary", "stale: served at once"
+    settle(session)
+    assert len(primary.probes) == probes + 1 and session.status()["cache_valid"] is True
 
 
 def test_retry_after_holds_a_backend_down_even_if_healthy(make_session: Make, primary, secondary, clock: Clock):
@@ -472,6 +473,7 @@ def test_stale_selection_is_probed_by_one_thread(make_session: Make, primary, se
         t.start()
     for t in threads:
         t.join(timeout=60)
+    settle(session)
     assert len(primary.hits(health=True)) - probes_before == 1
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from requests_failover import FailoverSession
 from requests_failover._state import FORMAT_VERSION, default_path
-from requests_failover.testing import LoopbackBackend
+from requests_failover.testing import LoopbackBackend, settle
 
 from . import _workers
 from .conftest import root
@@ -86,6 +86,20 @@ def read(path: str) -> Dict[str, Any]:
         return dict(json.load(handle))
 
 
+def wait_for_file(path: str, predicate: Any, what: str) -> Dict[str, Any]:
+    """The file once ``predicate(document)`` holds; writes are write-behind (milliseconds)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            document = read(path)
+            if predicate(document):
+                return document
+        except (OSError, ValueError):
+            pass
+        assert time.monotonic() < deadline, f"the state file never showed {what}"
+        time.sleep(0.005)
+
+
 def make_stale(path: str) -> None:
     document = read(path)
     document["checked_at"] -= 10_000
@@ -107,6 +121,7 @@ def test_switch_in_one_process_is_used_by_the_next_request_of_another(primary, s
     assert b.get("/warmup")[2] == "primary"
     primary.set("refuse")
     assert a.get("/after")[2] == "secondary", "A meets the dead primary and switches"
+    wait_for_file(state_file, lambda d: d["active"] == secondary.url, "A's switch")  # written behind A's request
     primary.set("up")  # were B to try the primary, the primary would now count it
     primary.reset_hits()
     assert b.get("/after")[2] == "secondary", "B uses A's switch"
@@ -138,10 +153,16 @@ def test_stale_selection_is_probed_once_by_six_processes(primary, secondary, sta
     secondary.reset_hits()
     for worker in six:
         worker.send_get("/stale")
-    assert [w.result()[2] for w in six] == ["primary"] * 6
+    assert [w.result()[2] for w in six] == ["primary"] * 6, "served at once by the stale selection"
+    wait_for_file(state_file, lambda d: d["checked_at"] > time.time() - 600, "a new probe round")
+    deadline = time.monotonic() + WAIT
+    while not (primary.hits(health=True) and secondary.hits(health=True)):  # the secondary's may come late
+        assert time.monotonic() < deadline, "the probe round never reached both backends"
+        time.sleep(0.005)
+    for worker in six:  # each process looks at the file again: still no second round
+        assert worker.get("/after")[2] == "primary"
     assert [h.path for h in primary.hits(health=True)] == ["/health"], "one probe round, not six"
     assert [h.path for h in secondary.hits(health=True)] == ["/health"]
-    assert read(state_file)["checked_at"] > time.time() - 600
 
 
 def test_state_survives_restarts_and_is_shared_by_sessions_in_one_process(primary, secondary, state_file):
@@ -303,6 +324,7 @@ def test_lock_held_by_a_live_process_degrades_the_update_to_memory(primary, seco
             primary.set("refuse")
             assert session.get(primary.url + "/").json()["server"] == "secondary", "the request is not blocked"
             assert session.active_backend == secondary.url, "the switch is kept in memory"
+            settle(session)  # the write behind was tried, and gave up on the lock
         finally:
             os.kill(holder.pid, signal.SIGKILL)
             holder.join(WAIT)
@@ -344,6 +366,7 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
         code = 1
         try:
             answer = session.get(primary.url + "/in-child").json()["server"]
+            settle(session)  # os._exit skips every exit hook: write the switch first
             os.write(write_end, answer.encode())
             code = 0
         finally:

@@ -28,6 +28,7 @@ import pytest
 
 from requests_failover import FailoverSession, _state
 from requests_failover._state import FileStore
+from requests_failover.testing import settle
 
 from .conftest import root
 
@@ -262,6 +263,7 @@ def test_a_killed_probers_claim_is_void_at_once(primary, secondary, state_dir):
     primary.set("up")
     with FailoverSession(backends, state_file=path) as session:
         assert session.get(primary.url + "/y").json()["server"] == "primary"
+        settle(session)  # the re-probe runs in the background
         status = session.status()
         assert status["last_health_check"] is not None and status["last_health_check"] > checked
         assert not status["health_checking"]
