@@ -169,14 +169,18 @@ def steady_state(b: Backends, rounds: int, count: int, threads: int, failed_over
 # -- 2. refused primary ------------------------------------------------------------------------------------
 
 
-def refused_failover(b: Backends, rounds: int) -> Dict[str, Any]:
+def refused_failover(b: Backends, rounds: int, state_file: bool = False) -> Dict[str, Any]:
+    """The first request after the primary starts refusing: its cost over a plain request."""
     added = []
     plain = requests.Session()
     plain.get(b.secondary + "/warm")
-    for _ in range(rounds):
+    directory = tempfile.mkdtemp(prefix="rf-bench-")
+    for i in range(rounds):
         b.set("primary", "up")
-        session = FailoverSession([b.primary, b.secondary], state_file=False)
+        state: Any = os.path.join(directory, f"s{i}.json") if state_file else False
+        session = FailoverSession([b.primary, b.secondary], state_file=state)
         session.get(b.primary + "/warm")
+        session.failover_adapter._selection._flush()  # the warm-up's writes are done
         b.set("primary", "refuse")
         first = timed(lambda s=session: s.get(b.primary + "/first"))
         baseline = statistics.median(timed(lambda: plain.get(b.secondary + "/base")) for _ in range(5))
@@ -185,6 +189,55 @@ def refused_failover(b: Backends, rounds: int) -> Dict[str, Any]:
     b.set("primary", "up")
     plain.close()
     return {"added_ms": statistics.median(added), "worst_added_ms": max(added)}
+
+
+# -- 2b. outages that cost nothing visible ---------------------------------------------------------------------
+
+
+def reprobe_stall(b: Backends, state_file: bool) -> Dict[str, Any]:
+    """Max latency over three cache periods while the primary is black-holed and the selection goes stale.
+
+    The session serves from the secondary; every ``cache_ttl`` (1 s here) the
+    selection goes stale and is re-probed, the primary's probe waiting its
+    whole health timeout (3 s). 0.1 made one request per period wait for it.
+    """
+    state: Any = os.path.join(tempfile.mkdtemp(prefix="rf-bench-"), "s.json") if state_file else False
+    session = FailoverSession([b.primary, b.secondary], state_file=state, cache_ttl=1.0)
+    session.get(b.primary + "/warm")
+    b.set("primary", "refuse")
+    session.get(b.primary + "/fail")
+    b.set("primary", "blackhole")
+    worst, count = 0.0, 0
+    end = time.perf_counter() + 3.2
+    while time.perf_counter() < end:
+        worst = max(worst, timed(lambda: session.get(b.primary + "/x")))
+        count += 1
+        time.sleep(0.01)
+    b.set("primary", "refuse")  # ends the probes' pending connects
+    session.close()
+    b.set("primary", "up")
+    return {"max_ms": worst * 1000, "requests": count}
+
+
+def failback(b: Backends, outage: float) -> Dict[str, Any]:
+    """Seconds from the primary's recovery until every request goes to it again (default settings)."""
+    session = FailoverSession([b.primary, b.secondary], state_file=False)
+    session.get(b.primary + "/warm")
+    b.set("primary", "refuse")
+    end = time.perf_counter() + outage
+    while time.perf_counter() < end:
+        session.get(b.primary + "/during")
+        time.sleep(0.05)
+    b.set("primary", "up")
+    recovered = time.perf_counter()
+    served = ""
+    while served != "primary" and time.perf_counter() - recovered < 120:
+        served = session.get(b.primary + "/after").json()["server"]
+        time.sleep(0.02)
+    seconds = time.perf_counter() - recovered
+    stays = all(session.get(b.primary + "/then").json()["server"] == "primary" for _ in range(50))
+    session.close()
+    return {"seconds": seconds, "stays": stays}
 
 
 # -- 3 and 4. several processes sharing the file ----------------------------------------------------------------
@@ -323,6 +376,11 @@ def main() -> int:
         results["steady_8_threads"] = steady_state(b, rounds, count, 8)
         results["steady_failed_over"] = steady_state(b, rounds, count, 1, failed_over=True)
         results["refused"] = refused_failover(b, rounds)
+        results["refused_file"] = refused_failover(b, rounds, state_file=True)
+        results["stall_memory"] = reprobe_stall(b, state_file=False)
+        results["stall_file"] = reprobe_stall(b, state_file=True)
+        results["failback_short"] = failback(b, outage=3.0)
+        results["failback_long"] = failback(b, outage=40.0 if not args.quick else 10.0)
         results["blackholed"] = shared(b, 3, "blackhole")
         for n in (2, 4, 8):
             results[f"propagation_{n}"] = shared(b, n, "up")
@@ -355,13 +413,33 @@ def main() -> int:
             ),
             (f"  client CPU per request, {label}", cpu, f"{s['plain_cpu_us'] / s['failover_cpu_us']:.3f}", ""),
         ]
-    refused, holed = r["refused"], r["blackholed"]
+    refused, holed, refused_file = r["refused"], r["blackholed"], r["refused_file"]
     rows += [
         (
             "refused primary: first request, added",
             f"{refused['added_ms']:.2f} ms (worst {refused['worst_added_ms']:.2f})",
             "",
             "< 10 ms",
+        ),
+        (
+            "  same, with a state file",
+            f"{refused_file['added_ms']:.2f} ms (worst {refused_file['worst_added_ms']:.2f})",
+            f"{refused_file['added_ms'] - refused['added_ms']:+.2f} ms",
+            "<= +1 ms",
+        ),
+        (
+            "re-probe stall, primary black-holed, 3 cache periods",
+            f"max {r['stall_memory']['max_ms']:.1f} ms (memory), {r['stall_file']['max_ms']:.1f} ms (file)",
+            "",
+            "no request waits 3 s",
+        ),
+        (
+            "failback after recovery, defaults",
+            f"{r['failback_short']['seconds']:.1f} s after a 3 s outage, "
+            f"{r['failback_long']['seconds']:.1f} s after a longer one"
+            + ("" if r["failback_short"]["stays"] and r["failback_long"]["stays"] else " (NOT all back)"),
+            "",
+            "<= 35 s, 100 % back",
         ),
         ("black-holed primary: first request", f"{holed['first_ms']:.0f} ms (connect timeout 1 s)", "", "pays once"),
         (

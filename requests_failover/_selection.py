@@ -305,6 +305,8 @@ class Selection:
                 return
             if self._store.persistent:
                 self._pending.append(fn)
+            else:
+                self._persisted = current  # memory is the store
         self._announce(previous, current, reason)
         WORKER.wake()  # a write to flush, or a schedule (failback probes) to recompute
 
