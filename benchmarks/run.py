@@ -123,6 +123,27 @@ def burst(session: requests.Session, url: str, count: int, threads: int, **kwarg
 # -- 1. steady state -----------------------------------------------------------------------------------
 
 
+def observed(b: Backends, rounds: int, count: int) -> Dict[str, Any]:
+    """Steady state with no observer vs the Prometheus observer attached (1 thread)."""
+    import prometheus_client
+
+    from requests_failover.metrics import PrometheusObserver
+
+    registry = prometheus_client.CollectorRegistry()
+    bare = FailoverSession([b.primary, b.secondary], state_file=False)
+    watched = FailoverSession([b.primary, b.secondary], state_file=False, observers=[PrometheusObserver(registry)])
+    url = b.primary + "/bench"
+    for session in (bare, watched):
+        burst(session, url, 50, 1)
+    wall: Dict[str, List[float]] = {"bare": [], "watched": []}
+    for i in range(rounds):
+        for name in ("bare", "watched") if i % 2 else ("watched", "bare"):
+            wall[name].append(burst(bare if name == "bare" else watched, url, count, 1)[0])
+    bare.close()
+    watched.close()
+    return {"ratio": statistics.median(wall["bare"]) / statistics.median(wall["watched"])}
+
+
 def steady_state(b: Backends, rounds: int, count: int, threads: int, failed_over: bool = False) -> Dict[str, Any]:
     """Legacy calls (no timeout): plain, plain with our default timeout, failover.
 
@@ -375,6 +396,7 @@ def main() -> int:
         results["steady_1_thread"] = steady_state(b, rounds, count, 1)
         results["steady_8_threads"] = steady_state(b, rounds, count, 8)
         results["steady_failed_over"] = steady_state(b, rounds, count, 1, failed_over=True)
+        results["observed"] = observed(b, rounds, count)
         results["refused"] = refused_failover(b, rounds)
         results["refused_file"] = refused_failover(b, rounds, state_file=True)
         results["stall_memory"] = reprobe_stall(b, state_file=False)
@@ -415,6 +437,7 @@ def main() -> int:
         ]
     refused, holed, refused_file = r["refused"], r["blackholed"], r["refused_file"]
     rows += [
+        ("steady state with the Prometheus observer", "vs no observer", f"{r['observed']['ratio']:.3f}", ">= 0.95"),
         (
             "refused primary: first request, added",
             f"{refused['added_ms']:.2f} ms (worst {refused['worst_added_ms']:.2f})",

@@ -7,11 +7,22 @@ and requests to the primary go to the first healthy backend.
 
 from __future__ import annotations
 
-from ._selection import SwitchEvent
+from ._selection import BackendStatus, Status
 from .adapter import FailoverAdapter
+from .events import AttemptEvent, ProbeEvent, SwitchEvent
 from .exceptions import AllBackendsFailed
 from .session import FailoverSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
-__all__ = ["AllBackendsFailed", "FailoverAdapter", "FailoverSession", "SwitchEvent", "__version__"]
+__all__ = [
+    "AllBackendsFailed",
+    "AttemptEvent",
+    "BackendStatus",
+    "FailoverAdapter",
+    "FailoverSession",
+    "ProbeEvent",
+    "Status",
+    "SwitchEvent",
+    "__version__",
+]

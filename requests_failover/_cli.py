@@ -44,13 +44,16 @@ def _validated(urls: Sequence[str], allow_insecure: bool) -> None:
 # -- check ------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     _validated(args.urls, args.allow_insecure)
-    options = build_options(
-        args.urls,
-        health_paths=args.path or DEFAULT_HEALTH_PATHS,
-        health_timeout=args.timeout,
-        allow_insecure=args.allow_insecure,
-        environ={},
-    )
+    try:
+        options = build_options(
+            args.urls,
+            health_paths=args.path or DEFAULT_HEALTH_PATHS,
+            health_timeout=args.timeout,
+            allow_insecure=args.allow_insecure,
+            environ={},
+        )
+    except (TypeError, ValueError) as exc:  # the argument types below catch these first
+        raise UsageError(str(exc)) from None
     sender = requests.adapters.HTTPAdapter()
     results = [probe(b, options.health_paths, options.health_timeout, sender.send) for b in options.targets]
     sender.close()
@@ -86,31 +89,56 @@ def _adapter(args: argparse.Namespace) -> FailoverAdapter:
     return FailoverAdapter(args.urls, state_file=args.state_file or None, allow_insecure=args.allow_insecure)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    adapter = _adapter(args)
-    status = adapter.status()
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
+def _status_text(status: Any) -> str:
     checked = status["last_health_check"]
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checked)) if checked else "never"
+    lines = []
     if status["development_mode"]:
-        print("development mode: REQUESTS_FAILOVER_BACKENDS replaces the URLs given")
-    print(f"state file:    {status['state_file']}")
-    print(f"active:        {status['active_backend']}")
-    print(f"last checked:  {when} ({'fresh' if status['cache_valid'] else 'stale'})")
+        lines.append("development mode: REQUESTS_FAILOVER_BACKENDS replaces the URLs given")
+    lines.append(f"state file:    {status['state_file']}")
+    lines.append(f"active:        {status['active_backend']}")
+    lines.append(f"last checked:  {when} ({'fresh' if status['cache_valid'] else 'stale'})")
+    now = time.time()
     rows = [
         [
             b["url"],
             {True: "yes", False: "no", None: "unknown"}[b["healthy"]],
             str(b["consecutive_failures"]),
             f"{b['last_latency_ms']:.1f}" if b["last_latency_ms"] is not None else "-",
+            f"{max(0.0, b['next_probe_at'] - now):.0f} s" if b["next_probe_at"] is not None else "-",
             b["last_error"] or "",
         ]
         for b in status["backends"]
     ]
-    print()
-    print(_table(rows, ["backend", "healthy", "failures", "latency_ms", "last_error"]))
+    lines.append("")
+    lines.append(_table(rows, ["backend", "healthy", "failures", "latency_ms", "next_probe", "last_error"]))
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    adapter = _adapter(args)
+    if args.json:
+        print(json.dumps(adapter.status(), indent=2))
+        return 0
+    if not args.watch:
+        print(_status_text(adapter.status()))
+        return 0
+    terminal = sys.stdout.isatty()
+    drawn = 0
+    try:
+        while args.count is None or drawn < args.count:
+            text = _status_text(adapter.status())
+            stamp = time.strftime("%H:%M:%S")
+            if terminal:  # redraw in place, like watch(1)
+                sys.stdout.write(f"\x1b[H\x1b[2Jevery 1 s, {stamp} (Ctrl-C to stop)\n\n{text}\n")
+            else:
+                sys.stdout.write(f"-- {stamp}\n{text}\n\n")
+            sys.stdout.flush()
+            drawn += 1
+            if args.count is None or drawn < args.count:
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -188,6 +216,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _pause(text: str) -> float:
+    """A finite number of seconds >= 0."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(text)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _health_path(text: str) -> str:
+    if not text.startswith("/") or any(c in text for c in " \r\n#"):
+        raise argparse.ArgumentTypeError(f"must be an absolute path such as /health, got {text!r}")
+    return text
+
+
+def _state_file(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must be a path")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message}")
@@ -200,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="show a failover and a failback between two local backends")
-    demo.add_argument("--requests", type=int, default=10, help="requests per phase (default 10)")
-    demo.add_argument("--interval", type=float, default=0.02, help="seconds between requests (default 0.02)")
+    demo.add_argument("--requests", type=_count, default=10, help="requests per phase (default 10)")
+    demo.add_argument("--interval", type=_pause, default=0.02, help="seconds between requests (default 0.02)")
     demo.set_defaults(func=cmd_demo)
 
     def backends(p: argparse.ArgumentParser) -> None:
@@ -211,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="probe each backend and show which would be active")
     backends(check)
-    check.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default 3)")
-    check.add_argument("--path", action="append", help="health path (repeatable; default the three standard)")
+    check.add_argument("--timeout", type=_seconds, default=3.0, help="seconds per probe (default 3)")
+    check.add_argument(
+        "--path", type=_health_path, action="append", help="health path (repeatable; default the three standard)"
+    )
     check.set_defaults(func=cmd_check)
 
     for name, func, text in (
@@ -221,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         backends(p)
-        p.add_argument("--state-file", metavar="F", help="the state file (default: the backend set's own)")
+        p.add_argument(
+            "--state-file", metavar="F", type=_state_file, help="the state file (default: the backend set's own)"
+        )
+        if name == "status":
+            p.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+            p.add_argument("--count", type=_count, help="with --watch: stop after N redraws")
         p.set_defaults(func=func)
     return parser
 

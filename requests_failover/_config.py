@@ -186,6 +186,9 @@ class Options:
     state_file: Union[bool, str, None] = None
     on_switch: Optional[Callable[[Any], None]] = None
     development: bool = False
+    observers: Tuple[Callable[[Any], None], ...] = ()
+    health_check: Optional[Callable[[Any], bool]] = None
+    health_headers: Tuple[Tuple[str, str], ...] = ()
 
 
 def build_options(
@@ -201,6 +204,9 @@ def build_options(
     state_file: object = None,
     on_switch: object = None,
     allow_insecure: object = False,
+    observers: object = (),
+    health_check: object = None,
+    health_headers: object = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Options:
     """Validate every argument once; errors name the argument at fault."""
@@ -248,6 +254,24 @@ def build_options(
             raise ValueError("state_file: expected a non-empty str path")
     if on_switch is not None and not callable(on_switch):
         raise TypeError(f"on_switch: expected a callable, got {type(on_switch).__name__}")
+    if isinstance(observers, (str, bytes)) or not isinstance(observers, (Sequence, frozenset, set)):
+        raise TypeError(f"observers: expected a sequence of callables, got {type(observers).__name__}")
+    for observer in observers:
+        if not callable(observer):
+            raise TypeError(f"observers: each observer must be callable, got {type(observer).__name__}")
+    if health_check is not None and not callable(health_check):
+        raise TypeError(f"health_check: expected a callable, got {type(health_check).__name__}")
+    headers: Tuple[Tuple[str, str], ...] = ()
+    if health_headers is not None:
+        if not isinstance(health_headers, Mapping):
+            kind = type(health_headers).__name__
+            raise TypeError(f"health_headers: expected a mapping of header names to values, got {kind}")
+        for name, value in health_headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError("health_headers: names and values must be str")
+            if not name or any(c in name + value for c in "\r\n\0") or ":" in name:
+                raise ValueError(f"health_headers: invalid header {name!r}")
+        headers = tuple(health_headers.items())
 
     return Options(
         targets=targets,
@@ -262,4 +286,7 @@ def build_options(
         state_file=state_file,
         on_switch=on_switch,
         development=development,
+        observers=tuple(observers),
+        health_check=health_check,
+        health_headers=headers,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 from requests.auth import HTTPBasicAuth
@@ -39,8 +40,12 @@ def describe_error(exc: BaseException) -> str:
     return name
 
 
-def prepare(backend: Backend, path: str) -> requests.PreparedRequest:
-    request = requests.Request("GET", backend.url + path)
+#: Bytes of a probe answer read at most: a health endpoint that streams forever costs nothing.
+MAX_PROBE_BODY = 64 * 1024
+
+
+def prepare(backend: Backend, path: str, headers: Sequence[Tuple[str, str]] = ()) -> requests.PreparedRequest:
+    request = requests.Request("GET", backend.url + path, headers=dict(headers))
     prepared = request.prepare()
     if backend.auth is not None:
         prepared = HTTPBasicAuth(*backend.auth)(prepared)
@@ -54,37 +59,63 @@ def probe(
     send: Sender,
     send_kwargs: Optional[Mapping[str, Any]] = None,
     clock: Callable[[], float] = time.monotonic,
+    check: Optional[Callable[[requests.Response], bool]] = None,
+    headers: Sequence[Tuple[str, str]] = (),
 ) -> ProbeResult:
-    """Probe ``backend``: healthy when one of ``paths``, tried in order, answers 2xx.
+    """Probe ``backend``: healthy when one of ``paths``, tried in order, passes ``check``.
 
-    A non-2xx answer moves on to the next path; an exception (refused,
-    timeout, TLS) ends this backend's probe at once: the next path would
-    meet the same network.
+    ``check`` (default: a 2xx status) sees the answer with its body read (at
+    most ``MAX_PROBE_BODY`` bytes) and ``elapsed`` set. A failing answer moves
+    on to the next path; an exception (refused, timeout, TLS) ends this
+    backend's probe at once: the next path would meet the same network.
     """
     kwargs: Dict[str, Any] = dict(send_kwargs or {})
     kwargs["timeout"] = (timeout, timeout)
-    kwargs["stream"] = False
+    kwargs["stream"] = True
     status: Optional[int] = None
     latency: Optional[float] = None
     error: Optional[str] = None
+    began = clock()
+
+    def result(healthy: bool, path: Optional[str]) -> ProbeResult:
+        duration = round(clock() - began, 6)
+        return ProbeResult(backend.url, healthy, path, status, latency, None if healthy else error, duration)
+
     for path in paths:
         started = clock()
         try:
-            response = send(prepare(backend, path), **kwargs)
+            response = send(prepare(backend, path, headers), **kwargs)
+            _read_limited(response)
         except Exception as exc:  # any failure of the network or the transport
             latency = round((clock() - started) * 1000, 3)
             error = describe_error(exc)
             log.debug("probe %s%s failed: %s", backend.url, path, error)
-            return ProbeResult(backend.url, False, path, None, latency, error)
+            return result(False, path)
         latency = round((clock() - started) * 1000, 3)
         status = response.status_code
-        response.content  # noqa: B018 - read the (small) body so the connection goes back to the pool
-        response.close()
+        response.elapsed = datetime.timedelta(milliseconds=latency)
         log.debug("probe %s%s answered %s in %.1f ms", backend.url, path, status, latency)
-        if 200 <= status < 300:
-            return ProbeResult(backend.url, True, path, status, latency, None)
-        error = f"HTTP {status} on {path}"
-    return ProbeResult(backend.url, False, paths[-1], status, latency, error)
+        try:
+            healthy = bool(check(response)) if check is not None else 200 <= status < 300
+            error = f"HTTP {status} on {path}" if check is None else f"health_check rejected HTTP {status} on {path}"
+        except Exception as exc:  # a broken check must not break probing
+            healthy, error = False, f"health_check raised {type(exc).__name__} on {path}"
+        if healthy:
+            return result(True, path)
+    return result(False, paths[-1])
+
+
+def _read_limited(response: requests.Response) -> None:
+    """Read at most ``MAX_PROBE_BODY`` bytes of the body, then release the connection."""
+    try:
+        if getattr(response, "_content", None) is False and response.raw is not None:  # not read yet
+            body = response.raw.read(MAX_PROBE_BODY + 1, decode_content=True)
+            response._content = body[:MAX_PROBE_BODY] if isinstance(body, bytes) else b""
+            if len(body) > MAX_PROBE_BODY:
+                response.raw.close()  # more to come: drop the connection rather than read it
+        response._content_consumed = True  # type: ignore[attr-defined]  # as Response.content leaves it
+    finally:
+        response.close()
 
 
 def probe_all(
@@ -97,6 +128,9 @@ def probe_all(
     now: float = 0.0,
     on_late: Optional[Callable[[ProbeResult], None]] = None,
     spawn: Optional[Callable[[Callable[[], None]], None]] = None,
+    check: Optional[Callable[[requests.Response], bool]] = None,
+    headers: Sequence[Tuple[str, str]] = (),
+    observe: Optional[Callable[[ProbeResult], None]] = None,
 ) -> List[ProbeResult]:
     """Probe every backend concurrently; return once the selection is decided.
 
@@ -115,9 +149,11 @@ def probe_all(
     def run(backend: Backend) -> None:
         nonlocal returned
         try:
-            result = probe(backend, paths, timeout, send, send_kwargs)
+            result = probe(backend, paths, timeout, send, send_kwargs, check=check, headers=headers)
         except BaseException as exc:  # pragma: no cover - probe() catches Exception
             result = ProbeResult(backend.url, False, error=describe_error(exc))
+        if observe is not None:
+            observe(result)
         with changed:
             late = returned
             results[backend.url] = result

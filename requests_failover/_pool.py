@@ -96,6 +96,7 @@ class ProbeResult:
     status: Optional[int] = None
     latency_ms: Optional[float] = None
     error: Optional[str] = None
+    duration: Optional[float] = None  # seconds for the whole probe (every path asked)
 
 
 def _replace(state: State, url: str, health: Health, **changes: object) -> State:

@@ -13,8 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypedDict
 
 from . import _pool, _runtime
 from ._background import WORKER
@@ -22,23 +21,33 @@ from ._config import Backend, Options
 from ._health import Sender, probe, probe_all
 from ._pool import ProbeResult, State
 from ._state import Update, claim_is_void, open_store, owner_token
+from .events import ProbeEvent, SwitchEvent, emit
 
 log = logging.getLogger("requests_failover")
 
 
-@dataclass(frozen=True)
-class SwitchEvent:
-    """Passed to ``on_switch`` when the active backend changes.
+class BackendStatus(TypedDict):
+    """One backend in :class:`Status`."""
 
-    ``previous`` and ``current`` are backend base URLs (never with userinfo);
-    ``reason`` says why, for example ``"health check"`` or
-    ``"ConnectionError (NewConnectionError: ...)"``; ``at`` is unix time.
-    """
+    url: str
+    healthy: Optional[bool]  # None: never checked
+    consecutive_failures: int
+    last_latency_ms: Optional[float]
+    last_error: Optional[str]
+    down_until: Optional[float]  # unix time; None when not down
+    next_probe_at: Optional[float]  # unix time of its next background probe, if one is planned
 
-    previous: str
-    current: str
-    reason: str
-    at: float
+
+class Status(TypedDict):
+    """What ``status()`` returns: a JSON-serialisable snapshot of the selection."""
+
+    active_backend: str
+    last_health_check: Optional[float]  # unix time of the last full probe round
+    cache_valid: bool
+    health_checking: bool
+    state_file: Optional[str]
+    development_mode: bool
+    backends: List[BackendStatus]
 
 
 class Selection:
@@ -63,7 +72,8 @@ class Selection:
 
     def _fresh_process(self) -> None:
         self._pending: List[Update] = []  # write-behind: applied in memory, not yet in the store
-        self._threads: Set[threading.Thread] = set()  # probe threads in flight
+        self._threads: Set[threading.Thread] = set()  # probe threads in flight, all started
+        self._threads_lock = threading.Lock()
         self._probing: Set[str] = set()  # backends probed in the background right now
         self._round = False  # a full background probe round is running
         self._registered = -1  # the worker generation this selection registered with
@@ -190,6 +200,9 @@ class Selection:
             now=now,
             on_late=late,
             spawn=self._spawn,
+            check=self._options.health_check,
+            headers=self._options.health_headers,
+            observe=self._observe_probe,
         )
         if not self._closed:
             self._update(
@@ -246,7 +259,10 @@ class Selection:
                 self._options.health_timeout,
                 self._send,
                 self._probe_kwargs,
+                check=self._options.health_check,
+                headers=self._options.health_headers,
             )
+            self._observe_probe(result)
             if not self._closed:
                 threshold = self._options.healthy_threshold
                 self._update(
@@ -264,11 +280,13 @@ class Selection:
             try:
                 target()
             finally:
-                self._threads.discard(thread)
+                with self._threads_lock:  # after the spawner added it
+                    self._threads.discard(thread)
 
         thread = threading.Thread(target=run, name="requests-failover-probe", daemon=True)
-        self._threads.add(thread)
-        thread.start()
+        with self._threads_lock:
+            thread.start()
+            self._threads.add(thread)
 
     # -- recording outcomes ------------------------------------------------------
     def record_failure(self, backend: Backend, error: str, retry_after: Optional[float] = None) -> None:
@@ -345,7 +363,9 @@ class Selection:
         with self._flush_lock:  # a flush the worker thread has under way ends first
             pass
         bound = time.monotonic() + self._options.health_timeout * len(self._options.health_paths) + 5.0
-        for thread in list(self._threads):
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, bound - time.monotonic()))
 
@@ -359,16 +379,43 @@ class Selection:
         if before == after:
             return
         log.info("switched backend from %s to %s: %s", before, after, reason)
-        hook = self._options.on_switch
+        hook, observers = self._options.on_switch, self._options.observers
+        if hook is None and not observers:
+            return
+        event = SwitchEvent(before, after, reason, self._clock())
+        emit(observers, event)
         if hook is not None:
             try:
-                hook(SwitchEvent(before, after, reason, self._clock()))
+                hook(event)
             except Exception:  # a broken hook must not break the request
                 log.exception("on_switch hook raised")
 
-    def status(self) -> Dict[str, Any]:
+    def _observe_probe(self, result: ProbeResult) -> None:
+        if self._options.observers:
+            event = ProbeEvent(
+                result.url, result.path, result.healthy, result.status, result.duration, result.error, self._clock()
+            )
+            emit(self._options.observers, event)
+
+    def status(self) -> Status:
         state = self.sync()
         now = self._clock()
+        due = _pool.probes_due(state, now, self._options.healthy_threshold)
+        stale_at = state.checked_at + self._options.cache_ttl if state.checked_at is not None else None
+        backends: List[BackendStatus] = []
+        for url in self._backends:
+            health = state.record(url)
+            backends.append(
+                {
+                    "url": url,
+                    "healthy": health.healthy,
+                    "consecutive_failures": health.consecutive_failures,
+                    "last_latency_ms": health.last_latency_ms,
+                    "last_error": health.last_error,
+                    "down_until": health.down_until if health.down_until > now else None,
+                    "next_probe_at": due.get(url, stale_at),
+                }
+            )
         return {
             "active_backend": state.current(),
             "last_health_check": state.checked_at,
@@ -376,17 +423,7 @@ class Selection:
             "health_checking": self._probe_lock.locked() or self._round or self._claimed(state, now),
             "state_file": self._store.location,
             "development_mode": self._options.development,
-            "backends": [
-                {
-                    "url": url,
-                    "healthy": state.record(url).healthy,
-                    "consecutive_failures": state.record(url).consecutive_failures,
-                    "last_latency_ms": state.record(url).last_latency_ms,
-                    "last_error": state.record(url).last_error,
-                    "down_until": state.record(url).down_until or None,
-                }
-                for url in self._backends
-            ],
+            "backends": backends,
         }
 
 

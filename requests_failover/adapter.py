@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
@@ -35,7 +35,8 @@ from ._config import (
 )
 from ._health import describe_error
 from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
-from ._selection import Selection, SwitchEvent
+from ._selection import Selection, Status
+from .events import AttemptEvent, Observer, SwitchEvent, emit
 from .exceptions import AllBackendsFailed, all_failed_type
 
 __all__ = ["FailoverAdapter"]
@@ -81,6 +82,14 @@ class FailoverAdapter(HTTPAdapter):
         backend changes. Exceptions it raises are logged and ignored.
     :param allow_insecure: accept plain ``http://`` backends on hosts other
         than loopback.
+    :param health_check: ``callable(response) -> bool``, the verdict on one
+        probe answer (``response.elapsed`` is its latency; the body is read,
+        at most 64 KiB). None: any 2xx is healthy. One that raises counts as
+        unhealthy.
+    :param health_headers: headers sent with every probe (an API key for a
+        protected health endpoint); never logged.
+    :param observers: callables receiving every :mod:`event <requests_failover.events>`:
+        attempts, probes, switches. One that raises is logged and ignored.
     :param pool_connections, pool_maxsize, pool_block: as for ``HTTPAdapter``.
     """
 
@@ -106,6 +115,9 @@ class FailoverAdapter(HTTPAdapter):
         transport: Optional[BaseAdapter] = None,
         on_switch: Optional[Callable[[SwitchEvent], None]] = None,
         allow_insecure: bool = False,
+        health_check: Optional[Callable[[requests.Response], bool]] = None,
+        health_headers: Optional[Mapping[str, str]] = None,
+        observers: Sequence[Observer] = (),
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
@@ -122,6 +134,9 @@ class FailoverAdapter(HTTPAdapter):
             state_file=state_file,
             on_switch=on_switch,
             allow_insecure=allow_insecure,
+            health_check=health_check,
+            health_headers=health_headers,
+            observers=observers,
         )
         if transport is not None and not callable(getattr(transport, "send", None)):
             raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
@@ -196,7 +211,7 @@ class FailoverAdapter(HTTPAdapter):
         """
         self._mounts = mappings
 
-    def status(self) -> Dict[str, Any]:
+    def status(self) -> Status:
         """A JSON-serialisable snapshot of the selection and each backend's health."""
         return self._selection.status()
 
@@ -322,84 +337,128 @@ class FailoverAdapter(HTTPAdapter):
         method = request.method
         # A body that cannot be rewound may still go to another backend as long
         # as no attempt has consumed any of it: a connection never opened read nothing.
-        replayable = pristine = _replayable(request)
+        replayable, pristine = _replayable(request), True
+        records: Optional[List[_Attempt]] = [] if self._options.observers else None
         tries: Dict[str, int] = {}
         no_repeat: Set[str] = set()  # backends that read-timed out: never twice in one request
         failures: List[Tuple[str, str]] = []
         errors: List[Tuple[Backend, BaseException]] = []
         last_response: Optional[requests.Response] = None
 
-        for attempt in range(1 + self._options.max_retries):
-            backend = _next_backend(plan, tries, no_repeat)
-            if backend is None:
-                break
-            if attempt:
-                if not (replayable or pristine):
+        try:
+            for attempt in range(1 + self._options.max_retries):
+                backend = _next_backend(plan, tries, no_repeat)
+                if backend is None:
                     break
-                if attempt == 1:
-                    deadline = _deadline(timeout, started)
-                if tries.get(backend.url):
-                    if not self._budget.allows_repeat():
+                if attempt:
+                    if not (replayable or pristine):
                         break
-                    delay = backoff(self._options.retry_delay, tries[backend.url])
-                    if deadline is not None and time.monotonic() + delay >= deadline:
+                    if attempt == 1:
+                        deadline = _deadline(timeout, started)
+                    if tries.get(backend.url):
+                        if not self._budget.allows_repeat():
+                            break
+                        delay = backoff(self._options.retry_delay, tries[backend.url])
+                        if deadline is not None and time.monotonic() + delay >= deadline:
+                            break
+                        _runtime.sleep(delay)
+                    if deadline is not None and time.monotonic() >= deadline:
                         break
-                    _runtime.sleep(delay)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if request.body is not None and hasattr(request.body, "seek"):
-                    rewind_body(request)
-            tries[backend.url] = tries.get(backend.url, 0) + 1
-            outgoing = _rewrite(request, source, rest, backend)
-            if backend is not source:
-                kwargs["proxies"] = self._proxies_for(backend, source, proxies)
-            else:
-                kwargs["proxies"] = proxies
-            try:
-                response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
-                if not stream:
-                    # What Session.send would do right after; done here so that a
-                    # body cut off by a dying backend fails over like any error.
-                    response.content  # noqa: B018
-            except Exception as exc:
-                verdict = classify(method, request.headers, error=exc)
-                if verdict is Verdict.RAISE:
-                    raise
-                pristine = pristine or (not replayable and never_connected(exc))
-                error = describe_error(exc)
-                errors.append((backend, exc))
-                if isinstance(exc, requests.exceptions.ReadTimeout):
-                    no_repeat.add(backend.url)
+                    if request.body is not None and hasattr(request.body, "seek"):
+                        rewind_body(request)
+                tries[backend.url] = tries.get(backend.url, 0) + 1
+                outgoing = _rewrite(request, source, rest, backend)
+                if backend is not source:
+                    kwargs["proxies"] = self._proxies_for(backend, source, proxies)
+                else:
+                    kwargs["proxies"] = proxies
+                sent_at = time.monotonic()
+                try:
+                    response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
+                    if not stream:
+                        # What Session.send would do right after; done here so that a
+                        # body cut off by a dying backend fails over like any error.
+                        response.content  # noqa: B018
+                except Exception as exc:
+                    verdict = classify(method, request.headers, error=exc)
+                    if records is not None:
+                        took = time.monotonic() - sent_at
+                        records.append(_Attempt(backend, None, describe_error(exc), took, verdict, tries[backend.url]))
+                    if verdict is Verdict.RAISE:
+                        raise
+                    pristine = pristine and never_connected(exc)
+                    error = describe_error(exc)
+                    errors.append((backend, exc))
+                    if isinstance(exc, requests.exceptions.ReadTimeout):
+                        no_repeat.add(backend.url)
+                    if last_response is not None:
+                        last_response.close()
+                        last_response = None
+                    self._budget.failed()
+                    failures.append((backend.url, error))
+                    self._selection.record_failure(backend, error)
+                    if verdict is Verdict.FAILED:
+                        break
+                    continue
+                pristine = False
+                verdict = classify(method, request.headers, response=response)
+                if records is not None:
+                    took = time.monotonic() - sent_at
+                    records.append(_Attempt(backend, response.status_code, None, took, verdict, tries[backend.url]))
+                if verdict is Verdict.SUCCESS:
+                    if last_response is not None:
+                        last_response.close()  # an earlier 5xx: give its connection back
+                    self._budget.succeeded()
+                    self._selection.record_success(backend)
+                    return response
+                error = f"HTTP {response.status_code}"
                 if last_response is not None:
                     last_response.close()
-                    last_response = None
+                last_response = response
                 self._budget.failed()
                 failures.append((backend.url, error))
-                self._selection.record_failure(backend, error)
+                self._selection.record_failure(backend, error, retry_after(response))
                 if verdict is Verdict.FAILED:
                     break
-                continue
-            pristine = False
-            verdict = classify(method, request.headers, response=response)
-            if verdict is Verdict.SUCCESS:
-                if last_response is not None:
-                    last_response.close()  # an earlier 5xx: give its connection back
-                self._budget.succeeded()
-                self._selection.record_success(backend)
-                return response
-            error = f"HTTP {response.status_code}"
-            if last_response is not None:
-                last_response.close()
-            last_response = response
-            self._budget.failed()
-            failures.append((backend.url, error))
-            self._selection.record_failure(backend, error, retry_after(response))
-            if verdict is Verdict.FAILED:
-                break
 
-        if last_response is not None:
-            return last_response
-        raise _all_failed(failures, errors, source, request)
+            if last_response is not None:
+                return last_response
+            raise _all_failed(failures, errors, source, request)
+        finally:
+            if records:
+                self._emit_attempts(records, method or "GET", plan[0])
+
+    def _emit_attempts(self, records: Sequence[_Attempt], method: str, first: Backend) -> None:
+        """One AttemptEvent per attempt: every one but the last went on to another attempt."""
+        now = _runtime.now()
+        last = len(records) - 1
+        for number, record in enumerate(records):
+            outcome = "retried" if number < last else _FINAL_OUTCOME.get(record.verdict, "failed")
+            event = AttemptEvent(
+                backend=record.backend.url,
+                method=method,
+                outcome=outcome,
+                status_code=record.status_code,
+                error=record.error,
+                duration=record.duration,
+                attempt=number + 1,
+                failover=record.backend is not first,
+                repeat=record.tries > 1,
+                at=now,
+            )
+            emit(self._options.observers, event)
+
+
+class _Attempt(NamedTuple):
+    backend: Backend
+    status_code: Optional[int]
+    error: Optional[str]
+    duration: float
+    verdict: Verdict
+    tries: int  # how many times this backend has been tried in the request, this one included
+
+
+_FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
 
 
 def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: Set[str]) -> Optional[Backend]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter
@@ -19,8 +19,9 @@ from ._config import (
     DEFAULT_RETRY_DELAY,
     DEFAULT_TIMEOUT,
 )
-from ._selection import SwitchEvent
+from ._selection import Status
 from .adapter import FailoverAdapter
+from .events import Observer, SwitchEvent
 
 __all__ = ["FailoverSession"]
 
@@ -62,6 +63,9 @@ class FailoverSession(requests.Session):
         transport: Optional[BaseAdapter] = None,
         on_switch: Optional[Callable[[SwitchEvent], None]] = None,
         allow_insecure: bool = False,
+        health_check: Optional[Callable[[requests.Response], bool]] = None,
+        health_headers: Optional[Mapping[str, str]] = None,
+        observers: Sequence[Observer] = (),
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
@@ -79,6 +83,9 @@ class FailoverSession(requests.Session):
             transport=transport,
             on_switch=on_switch,
             allow_insecure=allow_insecure,
+            health_check=health_check,
+            health_headers=health_headers,
+            observers=observers,
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
             pool_block=pool_block,
@@ -160,8 +167,8 @@ class FailoverSession(requests.Session):
         """The base URL requests go to now."""
         return self.failover_adapter.active_backend
 
-    def status(self) -> Dict[str, Any]:
-        """A JSON-serialisable snapshot: the selection and each backend's health."""
+    def status(self) -> Status:
+        """A JSON-serialisable snapshot: the selection and each backend's health (see :class:`Status`)."""
         return self.failover_adapter.status()
 
     def force_refresh(self) -> str:
