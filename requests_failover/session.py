@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from http import cookiejar as cookielib
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import requests
+from requests import cookies as _cookies
+from requests import sessions as _sessions
 from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
 
 from ._config import (
     DEFAULT_CACHE_TTL,
@@ -19,11 +23,19 @@ from ._config import (
     DEFAULT_RETRY_DELAY,
     DEFAULT_TIMEOUT,
 )
+from ._environment import Environment
 from ._selection import Status
 from .adapter import FailoverAdapter
 from .events import Observer, SwitchEvent
 
 __all__ = ["FailoverSession"]
+
+# requests' own merge helpers (untyped in types-requests)
+merge_setting: Any = _sessions.merge_setting
+merge_hooks: Any = _sessions.merge_hooks
+merge_cookies: Any = _cookies.merge_cookies
+cookiejar_from_dict: Any = _cookies.cookiejar_from_dict
+RequestsCookieJar: Any = _cookies.RequestsCookieJar
 
 
 class FailoverSession(requests.Session):
@@ -96,6 +108,7 @@ class FailoverSession(requests.Session):
         #: Adapters mounted at exactly a backend's prefix: they send that
         #: backend's requests, under the failover loop (see :meth:`mount`).
         self.backend_adapters: Dict[str, BaseAdapter] = {}
+        self._environment = Environment()
         for prefix in ("https://", "http://"):
             self.adapters[prefix].close()
             self.adapters[prefix] = adapter  # in place: requests' order of prefixes stays
@@ -103,6 +116,7 @@ class FailoverSession(requests.Session):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # types-requests does not declare it
+        self._environment = Environment()
         self._pass_down()
 
     def _pass_down(self) -> None:
@@ -145,6 +159,68 @@ class FailoverSession(requests.Session):
             for own in ours.prefixes:
                 if self._choice(own) is adapter:
                     super().mount(own, ours)
+
+    # -- requests' per-request environment scans, cached for backend URLs ---------------------
+    def merge_environment_settings(  # type: ignore[override]  # the same dict as requests' own
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Dict[str, Any]:
+        """requests' own merge, with the environment's answers cached for backend URLs.
+
+        The result is what ``requests.Session.merge_environment_settings``
+        returns (same precedence: explicit arguments, then the environment, then
+        the session's attributes); for a backend URL the proxy and CA bundle
+        variables are not re-scanned unless one of them changed (see
+        :mod:`requests_failover._environment`).
+        """
+        matched = self.failover_adapter.match(url) if self.trust_env and isinstance(url, str) else None
+        if matched is None:
+            return dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
+        no_proxy = proxies.get("no_proxy") if proxies is not None else None
+        env_proxies, bundle = self._environment.settings(matched[0].origin, no_proxy)
+        if env_proxies:
+            for key, value in env_proxies.items():
+                proxies.setdefault(key, value)  # in place, as requests does
+        if bundle and (verify is True or verify is None):
+            verify = bundle
+        return {
+            "proxies": merge_setting(proxies, self.proxies),
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """requests' own preparation, with the ``.netrc`` lookup cached for backend URLs.
+
+        Mirrors ``requests.Session.prepare_request`` (unchanged since requests
+        2.x; requests' own suite run through FailoverSession checks it); other
+        URLs, or a request with auth of its own, go to requests' code.
+        """
+        url = request.url
+        if not self.trust_env or request.auth or self.auth or not isinstance(url, str):
+            return super().prepare_request(request)
+        matched = self.failover_adapter.match(url)
+        if matched is None:
+            return super().prepare_request(request)
+        auth = self._environment.netrc_auth(matched[0].origin)
+        cookies = request.cookies or {}
+        if not isinstance(cookies, cookielib.CookieJar):
+            cookies = cookiejar_from_dict(cookies)
+        merged_cookies = merge_cookies(merge_cookies(RequestsCookieJar(), self.cookies), cookies)
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=(request.method or "").upper(),
+            url=url,
+            files=request.files,
+            data=request.data,
+            json=request.json,
+            headers=merge_setting(request.headers, self.headers, dict_class=CaseInsensitiveDict),
+            params=merge_setting(request.params, self.params),
+            auth=merge_setting(auth, self.auth),
+            cookies=merged_cookies,
+            hooks=merge_hooks(request.hooks, self.hooks),
+        )
+        return prepared
 
     def _choice(self, url: str) -> Optional[BaseAdapter]:
         """The adapter requests would choose for ``url`` (first matching prefix)."""

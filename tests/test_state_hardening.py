@@ -120,6 +120,7 @@ def test_hostile_object_replacing_the_state_file_while_running(primary, secondar
     with FailoverSession([primary.url, secondary.url], state_file=path) as session:
         assert session.get(primary.url + "/a").json()["server"] == "primary"
         session.force_refresh()
+        settle(session)  # the late probe's result is written behind: let it land first
         assert path.is_file()
         path.unlink()
         HOSTILE[kind](path)
