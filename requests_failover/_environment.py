@@ -16,7 +16,9 @@ pure function of a few inputs, so it is cached keyed on all of them:
   ``os.stat`` per candidate and request.
 
 A change of any of them takes effect on the very next request, as in plain
-requests. (One edge is not seen: a netrc file rewritten in place with the
+requests. requests' helpers are looked up where requests looks them up
+(``requests.sessions.get_netrc_auth``, ``get_environ_proxies``), so a test
+that replaces one sees its replacement used. (One edge is not seen: a netrc file rewritten in place with the
 same size within the file system's timestamp granularity.)
 """
 
@@ -26,7 +28,8 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from requests.utils import NETRC_FILES, get_environ_proxies, get_netrc_auth
+from requests import sessions
+from requests.utils import NETRC_FILES
 
 _PROXY_NAMES = (
     *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
@@ -67,11 +70,12 @@ class Environment:
     def settings(self, origin: str, no_proxy: Optional[str]) -> Tuple[Dict[str, str], Optional[str]]:
         """(proxies from the environment for ``origin``, the CA bundle it names or None)."""
         fingerprint = self._fingerprint()
-        key = (origin, no_proxy, fingerprint)
+        helper = sessions.get_environ_proxies  # where requests looks it up: a test may replace it
+        key = (origin, no_proxy, fingerprint, helper)
         found = self._settings.get(key)
         if found is None:
             bundle = fingerprint[4] or fingerprint[5] or None
-            found = (get_environ_proxies(origin + "/", no_proxy=no_proxy), bundle)
+            found = (helper(origin + "/", no_proxy=no_proxy), bundle)
             if len(self._settings) >= _LIMIT:
                 self._settings.clear()
             self._settings[key] = found
@@ -88,10 +92,11 @@ class Environment:
                 stamps.append((info.st_ino, info.st_size, info.st_mtime_ns))
             except (OSError, ValueError):
                 stamps.append(None)
-        key = (host_url, netrc, os.environ.get("HOME"), tuple(stamps))
+        helper = sessions.get_netrc_auth  # where requests looks it up: a test may replace it
+        key = (host_url, netrc, os.environ.get("HOME"), tuple(stamps), helper)
         if key in self._netrc:
             return self._netrc[key]
-        auth = get_netrc_auth(host_url)
+        auth = helper(host_url)
         if len(self._netrc) >= _LIMIT:
             self._netrc.clear()
         self._netrc[key] = auth

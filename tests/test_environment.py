@@ -184,3 +184,13 @@ def test_prepared_requests_equal_plain_requests(kwargs: Dict[str, Any], tmp_path
     assert got.hooks == want.hooks
     failover.close()
     plain.close()
+
+
+def test_a_replaced_requests_helper_is_used_as_requests_would(primary, secondary, monkeypatch):
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        session.get(primary.url + "/warm")
+        monkeypatch.setattr(requests.sessions, "get_netrc_auth", lambda url: ("mocked", "netrc"))
+        session.get(primary.url + "/x")
+        assert primary.requests[-1].headers["Authorization"] == _basic("mocked", "netrc")
+        monkeypatch.setattr(requests.sessions, "get_environ_proxies", lambda url, no_proxy=None: {"ftp": "x"})
+        assert session.merge_environment_settings(primary.url + "/y", {}, None, None, None)["proxies"] == {"ftp": "x"}
