@@ -25,6 +25,7 @@ DEFAULT_CACHE_TTL = 300.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_DELAY = 1.0
 DEFAULT_HEALTHY_THRESHOLD = 2
+DEFAULT_HEDGE_DELAY = 0.25
 #: Applied to a request sent without a timeout: (connect, read) in seconds.
 DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
 DEFAULT_POOL_CONNECTIONS = 10
@@ -182,6 +183,7 @@ class Options:
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
     healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
+    hedge_delay: Optional[float] = DEFAULT_HEDGE_DELAY
     default_timeout: Tuple[Optional[float], Optional[float]] = DEFAULT_TIMEOUT
     state_file: Union[bool, str, None] = None
     on_switch: Optional[Callable[[Any], None]] = None
@@ -200,6 +202,7 @@ def build_options(
     max_retries: object = DEFAULT_MAX_RETRIES,
     retry_delay: object = DEFAULT_RETRY_DELAY,
     healthy_threshold: object = DEFAULT_HEALTHY_THRESHOLD,
+    hedge_delay: object = DEFAULT_HEDGE_DELAY,
     default_timeout: object = DEFAULT_TIMEOUT,
     state_file: object = None,
     on_switch: object = None,
@@ -282,6 +285,7 @@ def build_options(
         max_retries=max_retries,
         retry_delay=_number("retry_delay", retry_delay, minimum=0),
         healthy_threshold=healthy_threshold,
+        hedge_delay=None if hedge_delay is None else _number("hedge_delay", hedge_delay, minimum=0, strict=True),
         default_timeout=validate_timeout("default_timeout", default_timeout),
         state_file=state_file,
         on_switch=on_switch,

@@ -131,6 +131,7 @@ def probe_all(
     check: Optional[Callable[[requests.Response], bool]] = None,
     headers: Sequence[Tuple[str, str]] = (),
     observe: Optional[Callable[[ProbeResult], None]] = None,
+    hedge_delay: Optional[float] = None,
 ) -> List[ProbeResult]:
     """Probe every backend concurrently; return once the selection is decided.
 
@@ -139,6 +140,11 @@ def probe_all(
     not kept waiting by a dead secondary). Probes still running then report to
     ``on_late`` when they finish. ``spawn`` starts each probe's thread (the
     caller tracks them, to wait for them at close).
+
+    With ``hedge_delay``, probes race as connects do: once that long has
+    passed, a backend that answered healthy decides even while backends of
+    higher priority have not answered yet (a black-holed primary's probe
+    waits its whole timeout); their late results can take the selection back.
     """
     order = [b.url for b in backends]
     results: Dict[str, ProbeResult] = {}
@@ -169,8 +175,12 @@ def probe_all(
             spawn(lambda backend=backend: run(backend))  # type: ignore[misc]  # default binds the loop value
         else:
             threading.Thread(target=run, args=(backend,), name="requests-failover-probe", daemon=True).start()
+    started = time.monotonic()
     with changed:
-        while len(results) < len(order) and select_from_probes(order, results, hold or {}, now) is None:
-            changed.wait()
+        while len(results) < len(order):
+            racing = hedge_delay is not None and time.monotonic() - started >= hedge_delay
+            if select_from_probes(order, results, hold or {}, now, skip_pending=racing) is not None:
+                break
+            changed.wait(None if hedge_delay is None or racing else hedge_delay)
         returned = True
         return [results[u] for u in order if u in results]

@@ -237,18 +237,26 @@ def probes_due(state: State, now: float, threshold: int) -> Dict[str, float]:
 
 
 def select_from_probes(
-    order: Sequence[str], results: Mapping[str, ProbeResult], hold: Mapping[str, float], now: float
+    order: Sequence[str],
+    results: Mapping[str, ProbeResult],
+    hold: Mapping[str, float],
+    now: float,
+    skip_pending: bool = False,
 ) -> Optional[str]:
     """Given results so far, the backend to select, or None while undecided.
 
     Decided as soon as some backend answered healthy and every backend before
     it in priority order has answered unhealthy (or is held by Retry-After).
+    With ``skip_pending`` (the hedge delay has passed), backends that have not
+    answered yet are passed over too.
     """
     for url in order:
         if now < hold.get(url, 0.0):
             continue
         result = results.get(url)
         if result is None:
+            if skip_pending:
+                continue
             return None
         if result.healthy:
             return url

@@ -203,6 +203,7 @@ class Selection:
             check=self._options.health_check,
             headers=self._options.health_headers,
             observe=self._observe_probe,
+            hedge_delay=self._options.hedge_delay,
         )
         if not self._closed:
             self._update(

@@ -16,7 +16,9 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.auth import HTTPBasicAuth
-from requests.utils import get_environ_proxies, rewind_body, should_bypass_proxies
+from requests.utils import get_environ_proxies, rewind_body, select_proxy, should_bypass_proxies
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from . import _runtime
 from ._config import (
@@ -24,6 +26,7 @@ from ._config import (
     DEFAULT_HEALTH_PATHS,
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_HEDGE_DELAY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
@@ -34,6 +37,7 @@ from ._config import (
     build_options,
 )
 from ._health import describe_error
+from ._hedge import ConnectTimes, Race, has_idle_connection
 from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
 from ._selection import Selection, Status
 from .events import AttemptEvent, Observer, SwitchEvent, emit
@@ -110,6 +114,7 @@ class FailoverAdapter(HTTPAdapter):
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD,
+        hedge_delay: Optional[float] = DEFAULT_HEDGE_DELAY,
         default_timeout: Union[float, Tuple[Optional[float], Optional[float]]] = DEFAULT_TIMEOUT,
         state_file: Union[bool, str, os.PathLike[str], None] = None,
         transport: Optional[BaseAdapter] = None,
@@ -130,6 +135,7 @@ class FailoverAdapter(HTTPAdapter):
             max_retries=max_retries,
             retry_delay=retry_delay,
             healthy_threshold=healthy_threshold,
+            hedge_delay=hedge_delay,
             default_timeout=default_timeout,
             state_file=state_file,
             on_switch=on_switch,
@@ -165,6 +171,9 @@ class FailoverAdapter(HTTPAdapter):
         self._budget = RetryBudget()
         self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
         self._proxy_cache: Dict[Any, Dict[str, str]] = {}
+        self._by_url: Dict[str, Backend] = {b.url: b for b in self._options.targets}
+        self._pools: Dict[Any, Any] = {}  # urllib3 pools by (origin, verify, cert), for the connect race
+        self._connect_times = ConnectTimes()
         _runtime.reset_after_fork(self)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -179,6 +188,7 @@ class FailoverAdapter(HTTPAdapter):
         connections open (no shutdown is sent); new ones are opened on demand.
         """
         HTTPAdapter.close(self)
+        self._drop_pools()
         for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
             if isinstance(adapter, HTTPAdapter) and adapter is not self:
                 HTTPAdapter.close(adapter)  # the pools only (a subclass's close may do more)
@@ -227,6 +237,7 @@ class FailoverAdapter(HTTPAdapter):
         """Stop background work, wait for probes in flight, then close every pooled socket."""
         self._selection.close()
         super().close()
+        self._drop_pools()
         if self._transport is not None:
             self._transport.close()
 
@@ -241,6 +252,88 @@ class FailoverAdapter(HTTPAdapter):
                 if adapter is not self and lowered.startswith(prefix.lower()):
                     return adapter
         return None
+
+    def _pool(self, request: requests.PreparedRequest, kwargs: Mapping[str, Any]) -> Any:
+        """The urllib3 pool our own HTTPAdapter machinery sends ``request`` with (cached per URL origin)."""
+        verify, cert = kwargs.get("verify", True), kwargs.get("cert")
+        url = request.url or ""
+        key = (url[: url.find("/", url.find("://") + 3)] if "/" in url[8:] else url, repr(verify), repr(cert))
+        pool = self._pools.get(key)
+        if pool is None or not self._still_pooled(pool):
+            if hasattr(self, "get_connection_with_tls_context"):  # requests >= 2.32.2
+                pool = self.get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
+            else:  # pragma: no cover - older requests
+                pool = self.get_connection(url, None)
+            self.cert_verify(pool, url, verify, cert)  # type: ignore[no-untyped-call]  # untyped in types-requests
+            if len(self._pools) >= 64:
+                self._pools.clear()
+            self._pools[key] = pool
+        return pool
+
+    def _still_pooled(self, pool: Any) -> bool:
+        """Whether ``pool`` is still the pool manager's (not evicted, not closed)."""
+        container = getattr(self.poolmanager.pools, "_container", None)
+        if container is None or getattr(pool, "pool", None) is None:
+            return False
+        return any(value is pool for value in list(container.values()))
+
+    def _drop_pools(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
+
+    def _race(
+        self,
+        first: Backend,
+        rival: Backend,
+        outgoing: requests.PreparedRequest,
+        proxies: Optional[Mapping[str, str]],
+        timeout: Any,
+        kwargs: Mapping[str, Any],
+    ) -> Backend:
+        """The backend this attempt goes to: ``first``, or ``rival`` if its connect completes first.
+
+        Only when ``first`` needs a new connection of our own pools (no adapter
+        of the user's, no proxy) and that connect is slower than the hedge
+        delay (see :mod:`._hedge`). Raises ``first``'s connect error when every
+        connect failed, as the attempt would have.
+        """
+        url = outgoing.url or ""
+        if self._sender(url) is not None or _proxied(url, proxies):
+            return first
+        pool = self._pool(outgoing, kwargs)
+        if has_idle_connection(pool):
+            return first  # a keep-alive connection: no race, no thread
+        connect = timeout[0] if isinstance(timeout, tuple) else timeout
+        race = Race(connect if isinstance(connect, (int, float)) else None, self._connect_times, self._lost_connect)
+        race.start(first.url, pool)
+        winner = race.wait(self._connect_times.delay(first.url, float(self._options.hedge_delay or 0.0)))
+        if winner is None and not race.settled():  # still connecting after the delay: race the rival
+            rival_outgoing = outgoing.copy()
+            rival_outgoing.url = rival.url + url[len(first.url) :]
+            if self._sender(rival_outgoing.url or "") is None and not _proxied(rival_outgoing.url or "", proxies):
+                rival_pool = self._pool(rival_outgoing, kwargs)
+                if has_idle_connection(rival_pool):
+                    race.adopt(rival.url)
+                else:
+                    race.start(rival.url, rival_pool)
+            winner = race.wait(None)
+        errors = race.take_errors()
+        if winner is None:
+            first_error: Optional[BaseException] = None
+            for name, error in errors:
+                if name == first.url:
+                    first_error = error
+                else:
+                    self._lost_connect(name, error)
+            raise _connect_error(first_error, outgoing)
+        for name, error in errors:  # e.g. the first refused after the rival had started
+            self._lost_connect(name, error)
+        return self._by_url[winner.name]
+
+    def _lost_connect(self, url: str, error: BaseException) -> None:
+        """A racing connect failed: its backend is marked down, as for any failed connect."""
+        self._selection.record_failure(self._by_url[url], describe_error(error))
 
     def _send_one(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send one request, no failover: through :meth:`_sender`, else our own pools."""
@@ -374,7 +467,18 @@ class FailoverAdapter(HTTPAdapter):
                     kwargs["proxies"] = proxies
                 sent_at = time.monotonic()
                 try:
-                    response = self._send_one(outgoing, timeout=_clip(timeout, deadline, attempt), **kwargs)
+                    attempt_timeout = _clip(timeout, deadline, attempt)
+                    if self._options.hedge_delay is not None and self._transport is None:
+                        rival = _next_backend(plan, tries, no_repeat)
+                        if rival is not None:
+                            won = self._race(backend, rival, outgoing, kwargs["proxies"], attempt_timeout, kwargs)
+                            if won is not backend:
+                                backend, outgoing = won, _rewrite(request, source, rest, won)
+                                tries[won.url] = tries.get(won.url, 0) + 1
+                                kwargs["proxies"] = (
+                                    self._proxies_for(won, source, proxies) if won is not source else proxies
+                                )
+                    response = self._send_one(outgoing, timeout=attempt_timeout, **kwargs)
                     if not stream:
                         # What Session.send would do right after; done here so that a
                         # body cut off by a dying backend fails over like any error.
@@ -459,6 +563,20 @@ class _Attempt(NamedTuple):
 
 
 _FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
+
+
+def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:
+    return bool(proxies) and bool(select_proxy(url, dict(proxies or {})))
+
+
+def _connect_error(error: Optional[BaseException], request: requests.PreparedRequest) -> Exception:
+    """A failed connect of a race, as the requests exception HTTPAdapter.send would raise."""
+    wrapped = MaxRetryError(None, request.url or "", error)  # type: ignore[arg-type]  # no pool to name
+    if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
+        return requests.exceptions.ConnectTimeout(wrapped, request=request)
+    if isinstance(error, Urllib3SSLError):
+        return requests.exceptions.SSLError(wrapped, request=request)
+    return requests.exceptions.ConnectionError(wrapped, request=request)
 
 
 def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: Set[str]) -> Optional[Backend]:

@@ -185,6 +185,7 @@ def test_health_check_rejects_a_slow_backend(make_session: Make, primary, second
         [primary.url, secondary.url], health_check=lambda r: r.ok and r.elapsed.total_seconds() < 0.2
     )
     assert session.force_refresh() == secondary.url
+    settle(session)  # the primary's probe may still be out: probes race after hedge_delay
     first = session.status()["backends"][0]
     assert first["healthy"] is False and "health_check rejected" in first["last_error"]
 

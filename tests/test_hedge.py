@@ -1,0 +1,142 @@
+"""Racing a slow connect against the next backend (the primary black-holed: SYNs dropped).
+
+Assertions are on who answered and what each server received; times are
+bounded only loosely (far under the connect timeout): speed targets live in
+the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List
+
+import pytest
+
+from requests_failover import FailoverSession, _hedge
+from requests_failover.testing import settle
+
+CONNECT = 10.0  # the request's connect timeout: a black hole would cost all of it
+LOOSE = CONNECT / 2  # "well under the connect timeout"
+BOUND = 60.0
+
+
+def served_by(response: Any) -> str:
+    return str(response.json()["server"])
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def races(monkeypatch) -> List[str]:
+    """Every connect a race starts, by backend."""
+    started: List[str] = []
+    real = _hedge.Race.start
+
+    def start(self: Any, name: str, pool: Any) -> Any:
+        started.append(name)
+        return real(self, name, pool)
+
+    monkeypatch.setattr(_hedge.Race, "start", start)
+    return started
+
+
+def warm(primary, secondary, **options: Any) -> FailoverSession:
+    session = FailoverSession([primary.url, secondary.url], state_file=False, **options)
+    assert served_by(session.get(primary.url + "/warm")) == "primary"
+    return session
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_black_holed_primary_costs_a_hedge_delay_not_a_connect_timeout(primary, secondary, method):
+    with warm(primary, secondary) as session:
+        primary.set("blackhole")  # its keep-alive connection is dropped too: a new connect is needed
+        started = time.monotonic()
+        response = session.request(method, primary.url + "/orders", data=b"order-1", timeout=(CONNECT, CONNECT))
+        took = time.monotonic() - started
+        assert served_by(response) == "secondary"
+        assert took < LOOSE, f"{took:.2f} s: the request waited for the black hole"
+        assert [h.path for h in primary.requests] == ["/warm"], "the primary received no request bytes"
+        assert [(h.method, h.body) for h in secondary.requests] == [(method, b"order-1")], "sent once, to one server"
+        primary.set("refuse")  # its pending connect fails at once: marked down, as any failed connect
+        wait_until(lambda: session.status()["backends"][0]["healthy"] is False, "the primary marked down")
+
+
+def test_a_slow_primary_that_connects_first_still_wins(primary, secondary, races):
+    with warm(primary, secondary) as session:
+        primary.set("blackhole")
+        secondary.set("blackhole")
+        # Both come back before the first SYN retransmit (1 s after each SYN):
+        # the primary's SYN left first, so its connect completes first.
+        threading.Timer(0.5, lambda: (primary.set("up"), secondary.set("up"))).start()
+        response = session.post(primary.url + "/orders", data=b"order-2", timeout=(CONNECT, CONNECT))
+        assert served_by(response) == "primary"
+        assert races == [primary.url, secondary.url], "the rival was raced and lost"
+        assert secondary.requests == [] and [h.body for h in primary.requests][-1] == b"order-2"
+        wait_until(lambda: secondary.open_connections() == 1, "the loser's connection kept warm in its pool")
+        backends = session.status()["backends"]
+        assert backends[1]["consecutive_failures"] == 0, f"losing a race is not a failure: {backends[1]}"
+        assert secondary.requests == [], "connected, kept, never written to"
+
+
+def test_hedge_delay_none_restores_waiting_for_the_connect_timeout(primary, secondary, races):
+    with warm(primary, secondary, hedge_delay=None) as session:
+        primary.set("blackhole")
+        started = time.monotonic()
+        assert served_by(session.get(primary.url + "/x", timeout=(1.0, 10))) == "secondary"
+        assert time.monotonic() - started >= 1.0, "the connect timeout was paid"
+        assert races == []
+
+
+def test_a_keep_alive_connection_is_used_without_a_race(primary, secondary, races):
+    with warm(primary, secondary) as session:
+        for i in range(20):
+            assert served_by(session.get(primary.url + f"/steady/{i}")) == "primary"
+        assert races == [], "no connect, no thread, no race"
+        assert len({h.client_port for h in primary.requests}) == 1
+
+
+def test_a_users_adapter_turns_hedging_off(primary, secondary, races):
+    from requests.adapters import HTTPAdapter
+
+    with warm(primary, secondary) as session:
+        session.mount("http://", HTTPAdapter())
+        primary.set("blackhole")
+        assert served_by(session.get(primary.url + "/x", timeout=(1.0, 10))) == "secondary"
+        assert races == []
+
+
+def test_cold_start_does_not_wait_for_the_black_holed_primarys_probe(primary, secondary, tmp_path):
+    primary.set("blackhole")
+    session = FailoverSession([primary.url, secondary.url], state_file=tmp_path / "fresh.json", health_timeout=CONNECT)
+    with session:
+        started = time.monotonic()
+        assert served_by(session.get(primary.url + "/first", timeout=(CONNECT, CONNECT))) == "secondary"
+        assert time.monotonic() - started < LOOSE, "the first request waited for the primary's probe"
+        assert session.status()["health_checking"] or session.failover_adapter._selection._threads
+        primary.set("up")  # its pending probe connects now: the primary takes the selection back
+        settle(session, timeout=BOUND)
+        wait_until(lambda: session.active_backend == primary.url, "the primary taking the selection back")
+
+
+@pytest.mark.parametrize("bad", [0, -1, "0.25", True])
+def test_hedge_delay_must_be_positive_seconds_or_none(bad):
+    with pytest.raises((TypeError, ValueError), match="hedge_delay"):
+        FailoverSession(["http://127.0.0.1:1"], state_file=False, hedge_delay=bad)
+
+
+def test_the_delay_adapts_to_recent_connect_times():
+    times = _hedge.ConnectTimes()
+    assert times.delay("a", 0.25) == 0.25
+    for _ in range(10):
+        times.add("a", 0.2)  # a far-away backend: 200 ms connects
+    assert times.delay("a", 0.25) == pytest.approx(0.6)
+    for _ in range(16):
+        times.add("a", 5.0)
+    assert times.delay("a", 0.25) == _hedge.MAX_DELAY
+    assert times.delay("b", 0.25) == 0.25
