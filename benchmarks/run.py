@@ -318,6 +318,34 @@ def shared(b: Backends, processes: int, mode: str, count: int = 20) -> Dict[str,
         }
 
 
+def simultaneous_blackhole(b: Backends, processes: int = 4, count: int = 200) -> Dict[str, Any]:
+    """``processes`` workers hit the primary at the moment it is black-holed (connect timeout 1 s).
+
+    Counts the requests that waited longer than the hedge delay + 100 ms. Without
+    the connect race each process pays the whole connect timeout once.
+    """
+    slow = 0.25 + 0.1
+    with tempfile.TemporaryDirectory() as tmp:
+        state = os.path.join(tmp, "state.json")
+        backends = [b.primary, b.secondary]
+        go, queue = CTX.Event(), CTX.Queue()
+        workers = [
+            CTX.Process(target=_worker, args=(backends, state, f"h{i}", go, queue, count, slow, queue), daemon=True)
+            for i in range(processes)
+        ]
+        for w in workers:
+            w.start()
+        for _ in workers:
+            queue.get(timeout=120)
+        b.set("primary", "blackhole")  # the workers' keep-alive connections die with it
+        go.set()
+        waited = sum(queue.get(timeout=120)[2] for _ in workers)
+        for w in workers:
+            w.join(60)
+        b.set("primary", "up")
+        return {"waited": waited, "requests": processes * count}
+
+
 # -- 5. cold start -------------------------------------------------------------------------------------------
 
 
@@ -404,6 +432,7 @@ def main() -> int:
         results["failback_short"] = failback(b, outage=3.0)
         results["failback_long"] = failback(b, outage=40.0 if not args.quick else 10.0)
         results["blackholed"] = shared(b, 3, "blackhole")
+        results["hedged"] = simultaneous_blackhole(b)
         for n in (2, 4, 8):
             results[f"propagation_{n}"] = shared(b, n, "up")
         results["cold"] = cold_start(b, rounds)
@@ -464,7 +493,18 @@ def main() -> int:
             "",
             "<= 35 s, 100 % back",
         ),
-        ("black-holed primary: first request", f"{holed['first_ms']:.0f} ms (connect timeout 1 s)", "", "pays once"),
+        (
+            "black-holed primary: first request",
+            f"{holed['first_ms']:.0f} ms (connect timeout 1 s, hedge 0.25 s)",
+            "",
+            "a hedge delay",
+        ),
+        (
+            "black-holed at once, 4 processes: waited > hedge + 100 ms",
+            f"{r['hedged']['waited']} of {r['hedged']['requests']}",
+            "",
+            "0",
+        ),
         (
             "black-holed: later requests that paid a timeout",
             f"{holed['later_paid']} of 20 here, {holed['others_paid']} of {holed['others_requests']} in 3 others",
