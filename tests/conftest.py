@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -112,6 +113,19 @@ def ipv6_loopback_available() -> bool:
         return True
     except OSError:
         return False
+
+
+def served_by(response: Any) -> str:
+    """Which loopback backend answered (its JSON names it)."""
+    return str(response.json()["server"])
+
+
+def wait_until(condition: Callable[[], bool], what: str, bound: float = 60.0) -> None:
+    """Poll ``condition`` until true; fail after a generous bound (an upper bound, not a timing assertion)."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.005)
 
 
 def root() -> bool:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Callable, List
 
 import pytest
@@ -20,22 +19,11 @@ import pytest
 from requests_failover import FailoverSession, _state
 from requests_failover.testing import set_testing, settle
 
-from .conftest import Clock
+from .conftest import Clock, served_by, wait_until
 
 BOUND = 60.0  # seconds: only a hang or a real defect reaches it
 
 Make = Callable[..., FailoverSession]
-
-
-def served_by(response: Any) -> str:
-    return str(response.json()["server"])
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.002)
 
 
 def fail_primary(session: FailoverSession, primary, secondary) -> None:
@@ -191,6 +179,7 @@ def _child_after_fork(session: FailoverSession, primary_url: str, results: Any) 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point
 def test_fork_while_the_background_thread_runs(primary, secondary, tmp_path):
     ctx = multiprocessing.get_context("fork")
     with FailoverSession([primary.url, secondary.url], state_file=tmp_path / "s.json") as session:

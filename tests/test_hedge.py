@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, List
 
 import pytest
 
 from requests_failover import FailoverSession, _hedge
 from requests_failover.testing import settle
 
+from .conftest import served_by, wait_until
+
 CONNECT = 10.0  # the request's connect timeout: a black hole would cost all of it
 LOOSE = CONNECT / 2  # "well under the connect timeout"
 BOUND = 60.0
-
-
-def served_by(response: Any) -> str:
-    return str(response.json()["server"])
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.005)
 
 
 @pytest.fixture

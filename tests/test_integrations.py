@@ -178,6 +178,7 @@ def _child(primary_url: str, results) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point
 def test_forked_children_never_share_the_parents_connections(primary, secondary, tmp_path):
     global _forked_session
     ctx = multiprocessing.get_context("fork")
