@@ -295,7 +295,12 @@ class LoopbackBackend:
                 return  # listener closed
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                self._conns.append(conn)
+                current = sock is self._listener
+                if current:
+                    self._conns.append(conn)
+            if not current:  # accepted just as the mode changed: it belongs to the old mode
+                conn.close()
+                continue
             self._start(self._serve, conn, name=f"{self.name}-conn")
 
     def _serve(self, conn: socket.socket) -> None:
@@ -335,6 +340,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_chunked()
         hit = Hit(self.command, self.path, dict(self.headers.items()), body, self.client_address[1])
         mode, status, headers, delay = self.server._answer(hit)
+        if mode in ("refuse", "blackhole"):  # a connection that outlived the mode change: never answered
+            self._reset()
+            return
         if mode == "hang":
             self.close_connection = True
             # hold the connection open, answer nothing, until the peer or close() ends it

@@ -251,3 +251,22 @@ def test_the_plugin_is_inert_unless_its_fixtures_are_used(tmp_path):
         tmp_path, "def test_nothing():\n    import threading\n    assert threading.active_count() == 1\n"
     )
     assert plain.returncode == 0, plain.stdout + plain.stderr
+
+
+def test_a_connection_that_outlives_refuse_is_never_answered(primary):
+    import socket as socket_module
+
+    keep = socket_module.create_connection((primary.host, primary.port))  # accepted while "up"
+    try:
+        primary.set("refuse")
+        primary.set("up")
+        primary.set("refuse")  # its connection may or may not have been dropped: either way, no answer
+        keep.settimeout(30)
+        try:
+            keep.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = keep.recv(65536)
+        except OSError:  # reset: the expected way of not answering
+            data = b""
+        assert not data.startswith(b"HTTP/1.1 200"), data
+    finally:
+        keep.close()
