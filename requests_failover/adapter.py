@@ -469,7 +469,7 @@ class FailoverAdapter(HTTPAdapter):
                 try:
                     attempt_timeout = _clip(timeout, deadline, attempt)
                     if self._options.hedge_delay is not None and self._transport is None:
-                        rival = _next_backend(plan, tries, no_repeat)
+                        rival = next((b for b in plan if not tries.get(b.url)), None)  # the next one not tried
                         if rival is not None:
                             won = self._race(backend, rival, outgoing, kwargs["proxies"], attempt_timeout, kwargs)
                             if won is not backend:
