@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from typing import Optional, Protocol
 
@@ -26,12 +27,17 @@ log = logging.getLogger("requests_failover")
 IDLE_WAIT = 30.0
 #: In testing mode with a test clock, the thread looks at that clock this often (real seconds).
 TEST_POLL = 0.005
+#: At interpreter exit, how long (seconds) to wait for the thread and probes in flight to end:
+#: a daemon thread still running while the interpreter finalizes can crash it.
+EXIT_WAIT = 1.0
 
 
 class Client(Protocol):
     def _tick(self) -> Optional[float]: ...
 
     def _flush(self) -> None: ...
+
+    def _stop(self, deadline: float) -> None: ...
 
 
 class Worker:
@@ -46,6 +52,7 @@ class Worker:
         self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self._thread: Optional[threading.Thread] = None
         self._woken = False
+        self._stopping = False
         self.rounds = 0  # rounds completed (testing.settle waits on it)
 
     def _after_fork(self) -> None:
@@ -102,10 +109,10 @@ class Worker:
         return due  # the references to the selections end with this frame
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             due = self._round()
             with self._cond:
-                if self._woken:
+                if self._woken or self._stopping:
                     continue
                 wait = min(IDLE_WAIT, max(0.0, due - _runtime.now()))
                 if _runtime.custom_clock():
@@ -113,11 +120,20 @@ class Worker:
                 self._cond.wait(wait)
 
     def _at_exit(self) -> None:
+        """Write what is pending, then stop: the thread and the probes in flight end (bounded)."""
+        deadline = time.monotonic() + EXIT_WAIT
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
         for client in list(self._clients):
             try:
                 client._flush()
+                client._stop(deadline)
             except Exception:  # pragma: no cover - nothing to report to at exit
                 pass
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 WORKER = Worker()

@@ -363,12 +363,16 @@ class Selection:
         self._flush()
         with self._flush_lock:  # a flush the worker thread has under way ends first
             pass
-        bound = time.monotonic() + self._options.health_timeout * len(self._options.health_paths) + 5.0
+        self._stop(time.monotonic() + self._options.health_timeout * len(self._options.health_paths) + 5.0)
+
+    def _stop(self, deadline: float) -> None:
+        """No new background work; wait until ``deadline`` (monotonic) for the probes in flight."""
+        self._closed = True
         with self._threads_lock:
             threads = list(self._threads)
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(max(0.0, bound - time.monotonic()))
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def idle(self) -> bool:
         """No probe in flight and nothing waiting to be written (for tests)."""
