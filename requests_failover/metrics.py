@@ -41,6 +41,10 @@ class _Gauges:
         self.active: Optional[str] = None
         self.down: Dict[str, bool] = {}
 
+    def changes(self, event: AttemptEvent) -> bool:
+        """Whether a successful attempt would change a gauge (a fast, lock-free check)."""
+        return self.active is None or self.down.get(event.backend) is not False
+
     def see(self, event: Event) -> Tuple[Optional[str], Optional[Tuple[str, bool]]]:
         """Apply ``event``; return (new active backend or None, (backend, down) changed or None)."""
         with self._lock:
@@ -107,11 +111,19 @@ class PrometheusObserver:
             "backend_down", "1 while the backend is marked down", ["backend"], multiprocess_mode="livemax", **kw
         )
         self._gauges = _Gauges()
+        self._children: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, AttemptEvent):
-            self.attempts.labels(event.backend, event.outcome).inc()
-            self.attempt_duration.labels(event.backend).observe(event.duration)
+            key = (event.backend, event.outcome)
+            children = self._children.get(key)
+            if children is None:  # labels() takes a lock and builds a key: once per backend and outcome
+                children = (self.attempts.labels(*key), self.attempt_duration.labels(event.backend))
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(event.duration)
+            if event.outcome == "success" and not self._gauges.changes(event):
+                return  # the steady state: nothing else to record
         elif isinstance(event, ProbeEvent):
             if event.duration is not None:
                 self.probe_duration.labels(event.backend, str(event.healthy).lower()).observe(event.duration)
