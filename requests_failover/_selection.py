@@ -25,6 +25,9 @@ from .events import ProbeEvent, SwitchEvent, emit
 
 log = logging.getLogger("requests_failover")
 
+#: Probes race after this many hedge delays (their answer, not just their connect, is awaited).
+PROBE_RACE_FACTOR = 4.0
+
 
 class BackendStatus(TypedDict):
     """One backend in :class:`Status`."""
@@ -203,7 +206,9 @@ class Selection:
             check=self._options.health_check,
             headers=self._options.health_headers,
             observe=self._observe_probe,
-            hedge_delay=self._options.hedge_delay,
+            # A probe's answer takes a connect and a request: race on four hedge delays
+            # (1 s by default), so a primary that is merely far away or busy is not raced.
+            hedge_delay=None if self._options.hedge_delay is None else PROBE_RACE_FACTOR * self._options.hedge_delay,
         )
         if not self._closed:
             self._update(
