@@ -7,11 +7,13 @@ and requests to the primary go to the first healthy backend.
 
 from __future__ import annotations
 
+from ._fleet import StoreStatus
 from ._selection import BackendStatus, Status
 from .adapter import FailoverAdapter
 from .events import AttemptEvent, ProbeEvent, SwitchEvent
 from .exceptions import AllBackendsFailed
 from .session import FailoverSession
+from .store import RedisStore, StateStore
 
 __version__ = "0.2.0.dev0"
 
@@ -22,7 +24,10 @@ __all__ = [
     "FailoverAdapter",
     "FailoverSession",
     "ProbeEvent",
+    "RedisStore",
+    "StateStore",
     "Status",
+    "StoreStatus",
     "SwitchEvent",
     "__version__",
 ]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 from urllib3.util import parse_url
 
 ENV_BACKENDS = "REQUESTS_FAILOVER_BACKENDS"
+ENV_STATE_URL = "REQUESTS_FAILOVER_STATE_URL"
 
 # The defaults of every option, declared once: the adapter's and the session's
 # signatures, the options object and the CLI all read them from here.
@@ -191,6 +192,33 @@ class Options:
     observers: Tuple[Callable[[Any], None], ...] = ()
     health_check: Optional[Callable[[Any], bool]] = None
     health_headers: Tuple[Tuple[str, str], ...] = ()
+    state_store: Any = None  # None, a redis:// or rediss:// URL, or a store object
+
+
+_STORE_METHODS = ("get", "compare_and_set", "lease", "release", "watch", "close")
+
+
+def _state_store(value: object, env: Mapping[str, str]) -> object:
+    """Validate ``state_store`` (or the environment's URL when it is None)."""
+    from .store import check_url
+
+    argument = "state_store"
+    if value is None:
+        value = env.get(ENV_STATE_URL, "").strip() or None
+        argument = ENV_STATE_URL
+        if value is None:
+            return None
+    if isinstance(value, str):
+        check_url(value, argument)
+        return value
+    missing = [name for name in _STORE_METHODS if not callable(getattr(value, name, None))]
+    if missing or not isinstance(getattr(value, "location", None), str):
+        lacks = ", ".join(missing) or "a str location"
+        raise TypeError(
+            f"state_store: expected a redis:// or rediss:// URL or a store object, got {type(value).__name__} "
+            f"(lacks {lacks})"
+        )
+    return value
 
 
 def build_options(
@@ -210,6 +238,7 @@ def build_options(
     observers: object = (),
     health_check: object = None,
     health_headers: object = None,
+    state_store: object = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Options:
     """Validate every argument once; errors name the argument at fault."""
@@ -293,4 +322,5 @@ def build_options(
         observers=tuple(observers),
         health_check=health_check,
         health_headers=headers,
+        state_store=_state_store(state_store, env),
     )

@@ -13,14 +13,15 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypedDict
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypedDict, Union
 
 from . import _pool, _runtime
 from ._background import WORKER
 from ._config import Backend, Options
+from ._fleet import SharedStore, StoreStatus, resolve
 from ._health import Sender, probe, probe_all
 from ._pool import ProbeResult, State
-from ._state import Update, claim_is_void, open_store, owner_token
+from ._state import FileStore, MemoryStore, Update, claim_is_void, open_store, owner_token
 from .events import ProbeEvent, SwitchEvent, emit
 
 log = logging.getLogger("requests_failover")
@@ -48,7 +49,8 @@ class Status(TypedDict):
     last_health_check: Optional[float]  # unix time of the last full probe round
     cache_valid: bool
     health_checking: bool
-    state_file: Optional[str]
+    state_file: Optional[str]  # the local layer when a shared store is in use
+    state_store: Optional[StoreStatus]  # the shared store (Redis, ...): None when there is none
     development_mode: bool
     backends: List[BackendStatus]
 
@@ -60,7 +62,9 @@ class Selection:
         self._clock = _runtime.now
         self._backends = tuple(b.url for b in options.targets)
         self._by_url: Dict[str, Backend] = {b.url: b for b in options.targets}
-        self._store = open_store(options.state_file, self._backends)
+        self._store: Union[MemoryStore, FileStore, SharedStore] = open_store(options.state_file, self._backends)
+        if options.state_store is not None:
+            self._store = SharedStore(resolve(options.state_store), self._store, self._backends)
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -146,14 +150,27 @@ class Selection:
         finally:
             self._probe_lock.release()
 
+    def _budget(self) -> float:
+        """Seconds a probe round may take at most."""
+        return self._options.health_timeout * len(self._options.health_paths) + 5.0
+
     def _claim(self) -> bool:
-        """Claim the probe round in the store, unless it is fresh or a live prober holds it."""
+        """Claim the probe round in the store, unless it is fresh or a live prober holds it.
+
+        A shared store gives the round to one machine of the fleet through a
+        lease, held (never released) for half a stale period at most: the
+        winner's fresh selection reaches the others long before it ends.
+        """
+        budget = self._budget()
+        lease = self._store.lease("round", owner_token(), min(budget, max(self._options.cache_ttl / 2, 0.001)))
+        if lease is not None:
+            return lease and not self.sync().is_fresh(self._clock(), self._options.cache_ttl)
         claimed = False
-        budget = self._options.health_timeout * len(self._options.health_paths) + 5.0
 
         def claim(current: State) -> State:
             nonlocal claimed
             now = self._clock()
+            claimed = False  # a shared store may call this again on a newer state
             if current.is_fresh(now, self._options.cache_ttl) or self._claimed(current, now):
                 return current  # another process probed, or is probing, meanwhile
             claimed = True
@@ -231,9 +248,12 @@ class Selection:
             due = state.checked_at + ttl if state.checked_at is not None else due
         elif self._claimed(state, now):
             due = state.probing_until  # another process probes; look again when its claim ends
-        elif not self._round and self._claim():
-            self._round = True
-            self._spawn(self._background_round)
+        elif not self._round:
+            if self._claim():
+                self._round = True
+                self._spawn(self._background_round)
+            else:  # another machine holds the round's lease: look again soon
+                due = min(due, now + _runtime.interval(1.0))
         scale = _runtime.interval(1.0)
         for url, at in _pool.probes_due(state, now, self._options.healthy_threshold).items():
             if url in self._probing:
@@ -243,6 +263,9 @@ class Selection:
             at = since + (at - since) * scale if at > since else at  # testing mode: 1/100 of each interval
             wait = at - now
             if wait <= 0:
+                if self._store.lease(f"probe {url}", owner_token(), self._budget()) is False:
+                    due = min(due, now + _runtime.interval(1.0))  # another machine probes it now
+                    continue
                 self._probing.add(url)
                 self._spawn(lambda url=url: self._probe_one(url))  # type: ignore[misc]  # binds the loop value
             else:
@@ -276,6 +299,7 @@ class Selection:
                     f"{url} is healthy again",
                 )
         finally:
+            self._store.release(f"probe {url}", owner_token())
             self._probing.discard(url)
             WORKER.wake()
 
@@ -368,7 +392,8 @@ class Selection:
         self._flush()
         with self._flush_lock:  # a flush the worker thread has under way ends first
             pass
-        self._stop(time.monotonic() + self._options.health_timeout * len(self._options.health_paths) + 5.0)
+        self._stop(time.monotonic() + self._budget())
+        self._store.close()
 
     def _stop(self, deadline: float) -> None:
         """No new background work; wait until ``deadline`` (monotonic) for the probes in flight."""
@@ -432,6 +457,7 @@ class Selection:
             "cache_valid": state.is_fresh(now, self._options.cache_ttl),
             "health_checking": self._probe_lock.locked() or self._round or self._claimed(state, now),
             "state_file": self._store.location,
+            "state_store": self._store.status(),
             "development_mode": self._options.development,
             "backends": backends,
         }

@@ -63,7 +63,7 @@ log = logging.getLogger("requests_failover")
 FORMAT_VERSION = 1
 #: Seconds a writer waits for the lock before keeping that one update in memory.
 LOCK_TIMEOUT = 2.0
-_MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -218,7 +218,23 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
     )
 
 
-class MemoryStore:
+class _Local:
+    """What the local stores share: no leases (the probe claim lives in the state), nothing to close."""
+
+    def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:
+        return None
+
+    def release(self, name: str, owner: str) -> None:
+        pass
+
+    def status(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore(_Local):
     """No persistence: the selection lives in this process only."""
 
     location: Optional[str] = None
@@ -237,7 +253,7 @@ class MemoryStore:
         return fn(current)
 
 
-class FileStore:
+class FileStore(_Local):
     """The selection in a JSON file shared by every process on this machine."""
 
     def __init__(self, path: str) -> None:
@@ -274,14 +290,14 @@ class FileStore:
             if not stat_module.S_ISREG(stat.st_mode):
                 self._complain(f"ignoring {self._path}: not a regular file")
                 return None
-            data = os.read(fd, _MAX_FILE_BYTES + 1)
+            data = os.read(fd, MAX_FILE_BYTES + 1)
         except OSError as exc:
             self._complain(f"cannot read {self._path}: {exc}")
             return None
         finally:
             os.close(fd)
         try:
-            if len(data) > _MAX_FILE_BYTES:
+            if len(data) > MAX_FILE_BYTES:
                 raise ValueError("too large")
             return decode(data, backends, now)
         except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:

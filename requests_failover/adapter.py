@@ -42,6 +42,7 @@ from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, re
 from ._selection import Selection, Status
 from .events import AttemptEvent, Observer, SwitchEvent, emit
 from .exceptions import AllBackendsFailed, all_failed_type
+from .store import StateStore
 
 __all__ = ["FailoverAdapter"]
 
@@ -94,6 +95,12 @@ class FailoverAdapter(HTTPAdapter):
         protected health endpoint); never logged.
     :param observers: callables receiving every :mod:`event <requests_failover.events>`:
         attempts, probes, switches. One that raises is logged and ignored.
+    :param state_store: a store shared by a fleet of machines, under which
+        ``state_file`` stays the machine's local layer: a ``redis://`` or
+        ``rediss://`` URL (needs ``requests-failover[redis]``) or a
+        :class:`~requests_failover.store.StateStore` such as a
+        :class:`~requests_failover.RedisStore`. None: the environment's
+        ``REQUESTS_FAILOVER_STATE_URL``, else the state file alone.
     :param pool_connections, pool_maxsize, pool_block: as for ``HTTPAdapter``.
     """
 
@@ -123,6 +130,7 @@ class FailoverAdapter(HTTPAdapter):
         health_check: Optional[Callable[[requests.Response], bool]] = None,
         health_headers: Optional[Mapping[str, str]] = None,
         observers: Sequence[Observer] = (),
+        state_store: Union[str, StateStore, None] = None,
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
@@ -143,6 +151,7 @@ class FailoverAdapter(HTTPAdapter):
             health_check=health_check,
             health_headers=health_headers,
             observers=observers,
+            state_store=state_store,
         )
         if transport is not None and not callable(getattr(transport, "send", None)):
             raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")

@@ -28,6 +28,7 @@ from ._environment import Environment
 from ._selection import Status
 from .adapter import FailoverAdapter
 from .events import Observer, SwitchEvent
+from .store import StateStore
 
 __all__ = ["FailoverSession"]
 
@@ -80,6 +81,7 @@ class FailoverSession(requests.Session):
         health_check: Optional[Callable[[requests.Response], bool]] = None,
         health_headers: Optional[Mapping[str, str]] = None,
         observers: Sequence[Observer] = (),
+        state_store: Union[str, StateStore, None] = None,
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
@@ -101,6 +103,7 @@ class FailoverSession(requests.Session):
             health_check=health_check,
             health_headers=health_headers,
             observers=observers,
+            state_store=state_store,
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
             pool_block=pool_block,

@@ -1,0 +1,278 @@
+"""Shared stores for the selection: the interface, and Redis/Valkey.
+
+A *store* keeps one document per backend set where every machine of a fleet
+can read it. The library does the rest: it validates whatever a store returns
+exactly like the state file (an unconfigured host, garbage, another format
+version, a huge value: ignored, logged once), keeps the machine's state file
+as a local layer under it, calls the store only from its background thread
+(never on a request's path once anything is known), and backs off when the
+store fails. A store only moves bytes.
+
+To plug another store, implement :class:`StateStore` and pass an instance as
+``state_store=``. Every method may raise any exception when the store cannot
+be reached; the library then keeps the selection on the machine and tries
+again after a backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Optional, Protocol, runtime_checkable
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from . import _runtime
+
+#: A document larger than this is not read whole (the state is a few KiB).
+MAX_DOCUMENT_BYTES = 1 << 20
+#: Keys expire when no machine has written them for this long.
+KEY_EXPIRY_SECONDS = 86400
+DEFAULT_PREFIX = "requests-failover:"
+#: Seconds for every Redis operation (connect, command, read) before it counts as failed.
+DEFAULT_REDIS_TIMEOUT = 0.5
+EXTRA_HINT = "pip install requests-failover[redis]"
+#: What a key of another type than string reads as: never a valid document.
+_WRONG_TYPE = b"\0"
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """The interface of a shared store (documented in docs/deployment.rst).
+
+    ``namespace`` names one backend set (a digest of its URLs); a store keeps
+    one document per namespace. Documents are opaque bytes to the store.
+    """
+
+    #: Where the store is, for logs and ``status()``: never a password.
+    location: str
+
+    def get(self, namespace: str) -> Optional[bytes]:
+        """The document, or None when there is none (missing or expired)."""
+
+    def compare_and_set(self, namespace: str, expected: Optional[bytes], new: bytes) -> bool:
+        """Store ``new`` if the document is still ``expected`` (None: absent), atomically; announce it."""
+
+    def lease(self, namespace: str, name: str, owner: str, seconds: float) -> bool:
+        """Take (or renew) the lease ``name`` for ``owner``; False while someone else holds it."""
+
+    def release(self, namespace: str, name: str, owner: str) -> None:
+        """Give the lease ``name`` up if ``owner`` holds it."""
+
+    def watch(self, namespace: str, timeout: float) -> Optional[bytes]:
+        """Wait up to ``timeout`` seconds for an announced document; None if none came.
+
+        A store without push notifications sleeps and returns None; the library
+        reconciles with :meth:`get` every few seconds either way.
+        """
+
+    def close(self) -> None:
+        """Release connections (the store may be used again afterwards)."""
+
+
+_CAS = """
+local current = redis.pcall('GETRANGE', KEYS[1], 0, tonumber(ARGV[4]))
+if type(current) == 'table' then current = '\\0' end
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+redis.call('PUBLISH', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(f"state_store: the Redis store needs the redis client: {EXTRA_HINT}") from None
+    return redis
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (the user name stays)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    netloc = f"{user}@{host}{port}" if user else f"{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_url(url: str, argument: str = "state_store") -> None:
+    """Raise ``ValueError`` naming ``argument`` unless ``url`` is a usable redis:// or rediss:// URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"{argument}: invalid URL {redact(url)!r}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{argument}: {redact(url)!r} needs a redis:// or rediss:// scheme")
+    if not parts.hostname:
+        raise ValueError(f"{argument}: {redact(url)!r} has no host")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"{argument}: {redact(url)!r}: the path must be a database number")
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
+    if not prefix or len(prefix) > 100 or any(c.isspace() or not c.isprintable() for c in prefix):
+        raise ValueError(f"prefix: expected 1 to 100 printable characters without spaces, got {prefix!r}")
+    return prefix
+
+
+class RedisStore:
+    """The selection of a whole fleet in Redis or Valkey (``pip install requests-failover[redis]``).
+
+    One string key per backend set, ``<prefix><namespace>``, holds the JSON
+    document; every update is a compare-and-set in a server-side script that
+    also publishes the new document on a channel of the same name, so every
+    machine learns of it by push. Leases are ``SET NX PX`` keys
+    ``<prefix><namespace>:lease:<name>``. Keys expire a day after the last write.
+
+    ``client`` is a ``redis.Redis`` built by you (its timeouts are yours: keep
+    them short); :meth:`from_url` builds one with short timeouts and no retries.
+    """
+
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX) -> None:
+        redis = _import_redis()
+        if not isinstance(client, redis.Redis):
+            raise TypeError(f"client: expected a redis.Redis client, got {type(client).__name__}")
+        self._client = client
+        self._prefix = check_prefix(prefix)
+        self._cas = client.register_script(_CAS)
+        self._release = client.register_script(_RELEASE)
+        self._watchers: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+        _runtime.reset_after_fork(self)
+        kwargs = client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            self.location = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        else:
+            scheme = "rediss" if "ssl" in type(client.connection_pool.connection_class).__name__.lower() else "redis"
+            user = kwargs.get("username")
+            who = f"{quote(user)}@" if user else ""
+            host = kwargs.get("host", "localhost")
+            host = f"[{host}]" if ":" in host else host
+            self.location = f"{scheme}://{who}{host}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_REDIS_TIMEOUT,
+        password: Optional[str] = None,
+    ) -> RedisStore:
+        """A store on a ``redis://[user[:password]@]host[:port][/db]`` or ``rediss://`` (TLS) URL.
+
+        ``password`` is used when the URL carries none (for instance from a
+        secret in the environment: ``REQUESTS_FAILOVER_STATE_PASSWORD``).
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url: expected a str, got {type(url).__name__}")
+        check_url(url, "url")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+            raise ValueError(f"timeout: expected seconds in (0, 60], got {timeout!r}")
+        redis = _import_redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options: Dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": "requests-failover",
+        }
+        parts = urlsplit(url)
+        if parts.password is None and password is not None:
+            options["password"] = password
+        if parts.username:
+            options["username"] = unquote(parts.username)
+        client = redis.Redis.from_url(url, **options)
+        store = cls(client, prefix=prefix)
+        store.location = redact(url)
+        return store
+
+    def _key(self, namespace: str) -> str:
+        return f"{self._prefix}{namespace}"
+
+    def get(self, namespace: str) -> Optional[bytes]:
+        redis = _import_redis()
+        try:
+            value = self._client.getrange(self._key(namespace), 0, MAX_DOCUMENT_BYTES)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            return _WRONG_TYPE  # a key of another type: read as garbage, overwritten by the next update
+        return bytes(value) or None
+
+    def compare_and_set(self, namespace: str, expected: Optional[bytes], new: bytes) -> bool:
+        args = [expected or b"", new, KEY_EXPIRY_SECONDS, MAX_DOCUMENT_BYTES]
+        return bool(self._cas(keys=[self._key(namespace)], args=args))
+
+    def lease(self, namespace: str, name: str, owner: str, seconds: float) -> bool:
+        key = f"{self._key(namespace)}:lease:{name}"
+        ms = max(1, int(seconds * 1000))
+        if self._client.set(key, owner, nx=True, px=ms):
+            return True
+        # Renew our own lease (XX: only while it still exists).
+        return self._client.get(key) == owner.encode() and bool(self._client.set(key, owner, xx=True, px=ms))
+
+    def release(self, namespace: str, name: str, owner: str) -> None:
+        self._release(keys=[f"{self._key(namespace)}:lease:{name}"], args=[owner])
+
+    def watch(self, namespace: str, timeout: float) -> Optional[bytes]:
+        with self._lock:
+            pubsub = self._watchers.get(namespace)
+            if pubsub is None:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._watchers[namespace] = pubsub
+        try:
+            if not pubsub.subscribed:
+                pubsub.subscribe(self._key(namespace))
+            message = pubsub.get_message(timeout=timeout)
+        except BaseException:
+            self.unwatch(namespace)  # a fresh subscription next time
+            raise
+        if message is not None and message.get("type") == "message":
+            return bytes(message["data"])
+        return None
+
+    def unwatch(self, namespace: str) -> None:
+        """Drop the subscription of ``namespace`` (the next :meth:`watch` subscribes anew)."""
+        with self._lock:
+            pubsub = self._watchers.pop(namespace, None)
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            namespaces = list(self._watchers)
+        for namespace in namespaces:
+            self.unwatch(namespace)
+        self._client.connection_pool.disconnect()
+
+    def _after_fork(self) -> None:
+        # The parent's subscriptions are its own; redis-py resets the pool itself.
+        self._watchers = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.location!r}, prefix={self._prefix!r})"
