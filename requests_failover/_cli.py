@@ -12,15 +12,18 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import requests
 
 from . import __version__
-from ._config import DEFAULT_HEALTH_PATHS, build_options
+from ._config import DEFAULT_HEALTH_PATHS, ENV_STATE_URL, build_options
+from ._fleet import ENV_STATE_PASSWORD, namespace
 from ._health import probe
+from ._state import decode
 from .adapter import FailoverAdapter
 from .session import FailoverSession
+from .store import RedisStore, _import_redis, check_url
 
 
 class UsageError(Exception):
@@ -54,12 +57,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:  # the argument types below catch these first
         raise UsageError(str(exc)) from None
+    url = _state_url(args)
     sender = requests.adapters.HTTPAdapter()
     results = [probe(b, options.health_paths, options.health_timeout, sender.send) for b in options.targets]
     sender.close()
     active = next((r.url for r in results if r.healthy), None)
+    store = None if url is None else _fleet_view(url, tuple(b.url for b in options.targets))
     if args.json:
-        print(json.dumps({"active_backend": active, "backends": [r.__dict__ for r in results]}, indent=2))
+        document: Dict[str, Any] = {"active_backend": active, "backends": [r.__dict__ for r in results]}
+        if store is not None:
+            document["state_store"] = store
+        print(json.dumps(document, indent=2))
     else:
         rows = [
             [
@@ -74,6 +82,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
         print(_table(rows, ["backend", "healthy", "path", "status", "latency_ms", "error"]))
         print(f"\nactive: {active}" if active else "\nactive: none (no backend is healthy)")
+        if store is not None:
+            print(f"state store: {_store_text(store)}; the fleet's selection: {store['active_backend']}")
     return 0 if active else 1
 
 
@@ -86,7 +96,50 @@ def _adapter(args: argparse.Namespace) -> FailoverAdapter:
             raise UsageError(f"--state-file: {path} is a directory")
         if os.path.exists(path) and not os.access(path, os.R_OK):
             raise UsageError(f"--state-file: {path} is not readable")
-    return FailoverAdapter(args.urls, state_file=args.state_file or None, allow_insecure=args.allow_insecure)
+    return FailoverAdapter(
+        args.urls,
+        state_file=args.state_file or None,
+        allow_insecure=args.allow_insecure,
+        state_store=_state_url(args),
+    )
+
+
+def _state_url(args: argparse.Namespace) -> Optional[str]:
+    """``--state-url``, else the environment's; a usage error names the one at fault."""
+    url = args.state_url or os.environ.get(ENV_STATE_URL, "").strip() or None
+    if url is not None:
+        try:
+            check_url(url, "--state-url" if args.state_url else ENV_STATE_URL)
+            _import_redis()
+        except (ValueError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
+    return url
+
+
+def _fleet_view(url: str, backends: Tuple[str, ...]) -> Dict[str, Any]:
+    """What the shared store holds for this backend set, and whether it answers."""
+    store = RedisStore.from_url(url, password=os.environ.get(ENV_STATE_PASSWORD) or None)
+    view: Dict[str, Any] = {"location": store.location, "reachable": True, "last_error": None, "active_backend": None}
+    try:
+        raw = store.get(namespace(backends))
+    except Exception as exc:  # unreachable, refused credentials: reported, not raised
+        view.update(reachable=False, last_error=f"{type(exc).__name__}: {exc}"[:300])
+    else:
+        try:
+            view["active_backend"] = decode(raw, backends, time.time()).current() if raw else None
+        except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+            view["last_error"] = f"ignoring the stored selection: {exc}"
+    finally:
+        store.close()
+    return view
+
+
+def _store_text(store: Any) -> str:
+    if store is None:
+        return "none (the state file alone)"
+    reachable = {True: "reachable", False: "NOT reachable", None: "not contacted yet"}[store["reachable"]]
+    error = f" ({store['last_error']})" if store["last_error"] else ""
+    return f"{store['location']}, {reachable}{error}"
 
 
 def _status_text(status: Any) -> str:
@@ -96,6 +149,8 @@ def _status_text(status: Any) -> str:
     if status["development_mode"]:
         lines.append("development mode: REQUESTS_FAILOVER_BACKENDS replaces the URLs given")
     lines.append(f"state file:    {status['state_file']}")
+    if status.get("state_store") is not None:
+        lines.append(f"state store:   {_store_text(status['state_store'])}")
     lines.append(f"active:        {status['active_backend']}")
     lines.append(f"last checked:  {when} ({'fresh' if status['cache_valid'] else 'stale'})")
     now = time.time()
@@ -145,8 +200,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     adapter = _adapter(args)
     adapter.clear_cache()
-    print(f"cleared the selection in {adapter.status()['state_file']}")
-    return 0
+    status = adapter.status()
+    where = status["state_file"] if status["state_store"] is None else status["state_store"]["location"]
+    print(f"cleared the selection in {where}")
+    adapter.close()
+    return 0 if status["state_store"] is None or status["state_store"]["reachable"] else 1
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -279,12 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-insecure", action="store_true", help="accept http:// on non-loopback hosts")
         p.add_argument("--json", action="store_true", help="print JSON for machines")
 
+    def state_url(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--state-url",
+            metavar="URL",
+            help=f"the fleet's store, redis:// or rediss:// (default: ${ENV_STATE_URL}, else none)",
+        )
+
     check = sub.add_parser("check", help="probe each backend and show which would be active")
     backends(check)
     check.add_argument("--timeout", type=_seconds, default=3.0, help="seconds per probe (default 3)")
     check.add_argument(
         "--path", type=_health_path, action="append", help="health path (repeatable; default the three standard)"
     )
+    state_url(check)
     check.set_defaults(func=cmd_check)
 
     for name, func, text in (
@@ -296,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--state-file", metavar="F", type=_state_file, help="the state file (default: the backend set's own)"
         )
+        state_url(p)
         if name == "status":
             p.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
             p.add_argument("--count", type=_count, help="with --watch: stop after N redraws")

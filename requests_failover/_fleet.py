@@ -342,7 +342,8 @@ class SharedStore:
 
     def _mirror(self, state: State) -> None:
         if isinstance(self._local, FileStore):
-            self._local.update(lambda _: state, state, _runtime.now())
+            # ``current`` must not be ``state``: an update that returns its base writes nothing
+            self._local.update(lambda _: state, State(self._backends), _runtime.now())
 
     # -- leases ------------------------------------------------------------------------------------------
     def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:

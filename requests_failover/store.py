@@ -99,12 +99,9 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{user}@{host}{port}" if user else f"{host}{port}"
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}@{hostport}" if user else hostport
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
