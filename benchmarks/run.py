@@ -410,6 +410,118 @@ def profile(b: Backends, count: int) -> str:
 # -- main ----------------------------------------------------------------------------------------------------------
 
 
+# -- 5. the fleet store (Redis/Valkey) ---------------------------------------------------------------------------
+
+
+def _valkey() -> Any:
+    from tests._valkey import ValkeyServer
+
+    server = ValkeyServer(tempfile.mkdtemp(prefix="rf-bench-valkey-"))
+    server.start()
+    return server
+
+
+def fleet_steady(b: Backends, rounds: int, count: int) -> Dict[str, Any]:
+    """Steady state, 1 thread: state file alone vs state file under the Redis store (and Redis down)."""
+    server = _valkey()
+    directory = tempfile.mkdtemp(prefix="rf-bench-")
+    backends = [b.primary, b.secondary]
+    file_only = FailoverSession(backends, state_file=os.path.join(directory, "f.json"))
+    fleet = FailoverSession(backends, state_file=os.path.join(directory, "r.json"), state_store=server.url)
+    variants = {"file": file_only, "redis": fleet}
+    for session in variants.values():
+        burst(session, b.primary + "/bench", 50, 1)
+    wall: Dict[str, List[float]] = {k: [] for k in variants}
+
+    def measure(into: Dict[str, List[float]]) -> List[float]:
+        ratios = []
+        for i in range(rounds):
+            for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+                into[name].append(burst(variants[name], b.primary + "/bench", count, 1)[0])
+            ratios.append(into["file"][-1] / into["redis"][-1])
+        return ratios
+
+    up = measure(wall)
+    server.kill()  # Redis gone: the first failure is noticed by the background thread
+    deadline = time.monotonic() + 30
+    while fleet.status()["state_store"]["reachable"] is not False and time.monotonic() < deadline:  # type: ignore[index]
+        fleet.get(b.primary + "/notice")
+        time.sleep(0.05)
+    down_wall: Dict[str, List[float]] = {k: [] for k in variants}
+    down = measure(down_wall)
+    worst = max(timed(lambda: fleet.get(b.primary + "/down")) for _ in range(200))
+    file_only.close()
+    fleet.close()
+    return {
+        "ratio": statistics.median(up),
+        "down_ratio": statistics.median(down),
+        "file_rps": count / statistics.median(wall["file"]),
+        "redis_rps": count / statistics.median(wall["redis"]),
+        "down_worst_ms": worst * 1000,
+    }
+
+
+def _watcher(backends: List[str], state: str, url: str, out: Any, stop: Any) -> None:
+    session = FailoverSession(backends, state_file=state, state_store=url, cache_ttl=3600, healthy_threshold=100)
+    session.get(backends[0] + "/warm")
+    selection = session.failover_adapter._selection
+    last = selection.sync().current()
+    out.send(("ready", last, time.monotonic()))
+    while not stop.is_set():
+        current = selection.sync().current()  # what the next request of this machine would use
+        if current != last:
+            last = current
+            out.send(("changed", current, time.monotonic()))
+        time.sleep(0.0002)
+    session.close()
+
+
+def fleet_propagation(b: Backends, samples: int) -> Dict[str, Any]:
+    """From one machine's failover (its request returned) to another machine's next request using it."""
+    server = _valkey()
+    directory = tempfile.mkdtemp(prefix="rf-bench-")
+    backends = [b.primary, b.secondary]
+    conn, child = CTX.Pipe()
+    stop = CTX.Event()
+    watcher = CTX.Process(
+        target=_watcher, args=(backends, os.path.join(directory, "w.json"), server.url, child, stop), daemon=True
+    )
+    watcher.start()
+    assert conn.recv()[0] == "ready"
+    session = FailoverSession(
+        backends,
+        state_file=os.path.join(directory, "d.json"),
+        state_store=server.url,
+        cache_ttl=3600,
+        healthy_threshold=100,
+    )
+    session.get(b.primary + "/warm")
+    times: List[float] = []
+    names = ["primary", "secondary"]
+    for i in range(samples):
+        dying, alive = names[i % 2], names[(i + 1) % 2]
+        b.set(alive, "up")
+        b.set(dying, "refuse")
+        session.get(b.primary + "/switch")
+        discovered = time.monotonic()
+        if not conn.poll(10):
+            break
+        _, _, seen = conn.recv()
+        times.append(max(0.0, seen - discovered))
+    b.set("primary", "up")
+    b.set("secondary", "up")
+    stop.set()
+    watcher.join(30)
+    session.close()
+    server.stop()
+    times.sort()
+    return {
+        "p50_ms": statistics.median(times) * 1000,
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+        "samples": len(times),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -437,6 +549,8 @@ def main() -> int:
             results[f"propagation_{n}"] = shared(b, n, "up")
         results["cold"] = cold_start(b, rounds)
         results["memory"] = memory(b)
+        results["fleet"] = fleet_steady(b, rounds, count)
+        results["fleet_propagation"] = fleet_propagation(b, 40 if args.quick else 200)
         hot = profile(b, 2000) if args.profile else ""
     finally:
         b.close()
@@ -541,6 +655,27 @@ def main() -> int:
             f"{m['added_bytes'] / 1024:.1f} KiB ({m['failover_bytes'] / 1024:.1f} vs {m['plain_bytes'] / 1024:.1f})",
             "",
             "",
+        ),
+    ]
+    f, fp = r["fleet"], r["fleet_propagation"]
+    rows += [
+        (
+            "steady state, Redis store vs state file alone",
+            f"{f['redis_rps']:.0f} vs {f['file_rps']:.0f} req/s",
+            f"{f['ratio']:.3f}",
+            ">= 0.98",
+        ),
+        (
+            "  Redis down (killed), after the first detection",
+            f"worst request {f['down_worst_ms']:.1f} ms of 200",
+            f"{f['down_ratio']:.3f}",
+            "0 added",
+        ),
+        (
+            "propagation to another machine through Redis",
+            f"p50 {fp['p50_ms']:.1f} ms, p99 {fp['p99_ms']:.1f} ms ({fp['samples']} switches)",
+            "",
+            "p99 < 100 ms",
         ),
     ]
     width = [max(len(row[i]) for row in rows) for i in range(4)]

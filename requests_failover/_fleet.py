@@ -22,6 +22,7 @@ reads an attribute that the feed thread sets (and the state file's ``lstat``).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -31,7 +32,7 @@ import weakref
 from typing import Dict, Optional, Tuple, TypedDict
 
 from . import _runtime
-from ._background import WORKER
+from ._background import EXIT_WAIT, WORKER
 from ._pool import State
 from ._state import MAX_FILE_BYTES, FileStore, MemoryStore, Update, decode, encode
 from .store import StateStore
@@ -212,6 +213,21 @@ _FORK_HOOK = _ForkHook()
 _runtime.reset_after_fork(_FORK_HOOK)
 
 
+def _at_exit() -> None:
+    """Stop the feed threads before the interpreter finalizes (each ends within 0.1 s)."""
+    with _registry_lock:
+        feeds = list(_feeds.values())
+    for feed in feeds:
+        feed.layers.clear()
+    deadline = time.monotonic() + EXIT_WAIT
+    for feed in feeds:
+        if feed.thread.is_alive():
+            feed.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_at_exit)
+
+
 class SharedStore:
     """The selection in a remote store, with the machine's state file (or memory) as the local layer."""
 
@@ -283,9 +299,9 @@ class SharedStore:
         if state is None:
             return
         self._known = state
-        self._mirror(state)
         self._pushed = state
-        self._pushed_seq += 1
+        self._pushed_seq += 1  # the next request adopts it; the local layer follows (an fsync)
+        self._mirror(state)
 
     def rebuild(self) -> bool:
         """Write what we know into a store that lost the document; whether we did."""

@@ -474,3 +474,27 @@ def test_a_store_of_the_users_own_shares_the_selection(primary, secondary, tmp_p
         assert b.status()["state_store"] == {"location": "dict://in-process", "reachable": True, "last_error": None}
     document = json.loads(store.documents[namespace(tuple(backends))])
     assert document["version"] == FORMAT_VERSION and document["active"] == secondary.url
+
+
+def _child_meets_the_outage(session: FailoverSession, url: str, answers: Any) -> None:
+    answers.put(session.get(url + "/in-child").json()["server"])
+    session.close()  # writes what is pending (a forked child skips atexit)
+
+
+def test_a_session_used_before_fork_shares_the_store_from_the_child(primary, secondary, valkey, tmp_path):
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    backends = [primary.url, secondary.url]
+    with FailoverSession(backends, state_file=str(tmp_path / "s.json"), state_store=valkey.url) as session:
+        assert session.get(primary.url + "/").json()["server"] == "primary"
+        settle(session)  # the parent's feed thread and subscription are running
+        primary.set("refuse")
+        answers = fork.Queue()
+        child = fork.Process(target=_child_meets_the_outage, args=(session, primary.url, answers), daemon=True)
+        child.start()
+        assert answers.get(timeout=WAIT) == "secondary"
+        child.join(WAIT)
+        assert child.exitcode == 0
+        wait_until(lambda: session.status()["active_backend"] == secondary.url, "the parent learns the child's switch")
+        assert stored(valkey, backends)["active"] == secondary.url  # type: ignore[index]
