@@ -13,8 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 ENV_BINARY = "REQUESTS_FAILOVER_TEST_REDIS_SERVER"
 
@@ -108,3 +109,84 @@ class ValkeyServer:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class TLSFront:
+    """A TLS terminator on a free loopback port in front of a plain server (the bundled build has no TLS).
+
+    The client side is real: redis-py's TLS connection, our ``rediss://``
+    handling, certificate verification against a CA the test made (trustme).
+    """
+
+    def __init__(self, target_port: int, directory: str) -> None:
+        import ssl
+
+        import trustme
+
+        self.ca = trustme.CA()
+        self.ca_path = os.path.join(directory, "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(self.context)
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.threads: List[threading.Thread] = []
+        self.sockets: List[socket.socket] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                client = self.context.wrap_socket(raw, server_side=True)
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                raw.close()
+                continue
+            self.sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for sock in self.sockets:  # connections the clients keep pooled
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self.threads:
+            thread.join(10)
+        for sock in self.sockets:
+            sock.close()

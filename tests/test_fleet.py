@@ -498,3 +498,28 @@ def test_a_session_used_before_fork_shares_the_store_from_the_child(primary, sec
         assert child.exitcode == 0
         wait_until(lambda: session.status()["active_backend"] == secondary.url, "the parent learns the child's switch")
         assert stored(valkey, backends)["active"] == secondary.url  # type: ignore[index]
+
+
+def test_rediss_verifies_the_server_certificate(primary, secondary, valkey, tmp_path, caplog):
+    from ._valkey import TLSFront
+
+    backends = [primary.url, secondary.url]
+    front = TLSFront(valkey.port, str(tmp_path))
+    try:
+        trusted = f"rediss://127.0.0.1:{front.port}/0?ssl_ca_certs={front.ca_path}"
+        with FailoverSession(backends, state_file=str(tmp_path / "a.json"), state_store=trusted) as session:
+            assert session.get(primary.url + "/").json()["server"] == "primary"
+            settle(session)
+            store = session.status()["state_store"]
+            assert store is not None and store["reachable"] is True, store
+            assert store["location"].startswith("rediss://127.0.0.1:")
+        assert stored(valkey, backends)["active"] == primary.url, "written through TLS"  # type: ignore[index]
+        untrusted = f"rediss://127.0.0.1:{front.port}/0"  # the system CAs do not know the test CA
+        with FailoverSession(backends, state_file=str(tmp_path / "b.json"), state_store=untrusted) as session:
+            assert session.get(primary.url + "/").json()["server"] == "primary", "requests work regardless"
+            settle(session)
+            store = session.status()["state_store"]
+            assert store is not None and store["reachable"] is False
+            assert "certificate" in (store["last_error"] or "").lower()
+    finally:
+        front.close()
