@@ -362,11 +362,7 @@ class Selection:
         """Apply ``fn`` to the store's freshest state and publish it before returning."""
         self._flush()
         with self._flush_lock:
-            result = self._store.update(fn, self._persisted, self._clock())
-            with self._lock:
-                self._persisted = result
-                previous, self._state = self._state, _apply(self._pending, result)
-                current = self._state
+            previous, current = self._stored(self._store.update(fn, self._persisted, self._clock()))
         self._announce(previous, current, reason)
 
     def _flush(self) -> None:
@@ -378,12 +374,17 @@ class Selection:
                 updates, self._pending = self._pending, []
             if not updates:
                 return
-            result = self._store.update(lambda s: _apply(updates, s), self._persisted, self._clock())
-            with self._lock:
-                self._persisted = result
-                previous, self._state = self._state, _apply(self._pending, result)
-                current = self._state
+            previous, current = self._stored(
+                self._store.update(lambda s: _apply(updates, s), self._persisted, self._clock())
+            )
         self._announce(previous, current, "changed by another process")
+
+    def _stored(self, result: State) -> Tuple[State, State]:
+        """Keep what the store now holds, with our updates not yet written on top; (before, after)."""
+        with self._lock:
+            self._persisted = result
+            previous, self._state = self._state, _apply(self._pending, result)
+            return previous, self._state
 
     def close(self) -> None:
         """Stop background work; write what is pending; wait for probes in flight (no socket left)."""

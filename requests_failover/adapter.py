@@ -262,11 +262,11 @@ class FailoverAdapter(HTTPAdapter):
                     return adapter
         return None
 
-    def _pool(self, request: requests.PreparedRequest, kwargs: Mapping[str, Any]) -> Any:
-        """The urllib3 pool our own HTTPAdapter machinery sends ``request`` with (cached per URL origin)."""
+    def _pool(self, backend: Backend, request: requests.PreparedRequest, kwargs: Mapping[str, Any]) -> Any:
+        """The urllib3 pool our own HTTPAdapter machinery sends ``request`` to ``backend`` with (cached)."""
         verify, cert = kwargs.get("verify", True), kwargs.get("cert")
         url = request.url or ""
-        key = (url[: url.find("/", url.find("://") + 3)] if "/" in url[8:] else url, repr(verify), repr(cert))
+        key = (backend.origin, repr(verify), repr(cert))
         pool = self._pools.get(key)
         if pool is None or not self._still_pooled(pool):
             if hasattr(self, "get_connection_with_tls_context"):  # requests >= 2.32.2
@@ -310,7 +310,7 @@ class FailoverAdapter(HTTPAdapter):
         url = outgoing.url or ""
         if self._sender(url) is not None or _proxied(url, proxies):
             return first
-        pool = self._pool(outgoing, kwargs)
+        pool = self._pool(first, outgoing, kwargs)
         if has_idle_connection(pool):
             return first  # a keep-alive connection: no race, no thread
         connect = timeout[0] if isinstance(timeout, tuple) else timeout
@@ -321,7 +321,7 @@ class FailoverAdapter(HTTPAdapter):
             rival_outgoing = outgoing.copy()
             rival_outgoing.url = rival.url + url[len(first.url) :]
             if self._sender(rival_outgoing.url or "") is None and not _proxied(rival_outgoing.url or "", proxies):
-                rival_pool = self._pool(rival_outgoing, kwargs)
+                rival_pool = self._pool(rival, rival_outgoing, kwargs)
                 if has_idle_connection(rival_pool):
                     race.adopt(rival.url)
                 else:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
 from requests_failover import FailoverSession, SwitchEvent
 from requests_failover.testing import LoopbackBackend, set_testing
+
+from . import _workers
+
+SPAWN = multiprocessing.get_context("spawn")
+WAIT = 60.0  # generous upper bound for a child's answer on a loaded machine
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +136,49 @@ def wait_until(condition: Callable[[], bool], what: str, bound: float = 60.0) ->
 
 def root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+class Worker:
+    """A child process holding one FailoverSession, driven command by command."""
+
+    def __init__(self, backends: List[str], name: str, **options: Any) -> None:
+        self.name = name
+        self.conn, child = SPAWN.Pipe()
+        self.process = SPAWN.Process(target=_workers.serve, args=(child, backends, options, name), daemon=True)
+        self.process.start()
+        assert self._recv()[0] == "ready"
+
+    def _recv(self) -> Any:
+        assert self.conn.poll(WAIT), f"worker {self.name} did not answer"
+        return self.conn.recv()
+
+    def get(self, path: str) -> Tuple[Any, ...]:
+        self.conn.send(("get", path))
+        return tuple(self._recv())
+
+    def send_get(self, path: str) -> None:
+        self.conn.send(("get", path))
+
+    def result(self) -> Tuple[Any, ...]:
+        return tuple(self._recv())
+
+    def status(self) -> Dict[str, Any]:
+        self.conn.send(("status",))
+        return dict(self._recv())
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("exit",))
+        except OSError:
+            pass
+        self.process.join(WAIT)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+@pytest.fixture
+def workers() -> Iterator[List[Worker]]:
+    started: List[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()

@@ -25,8 +25,8 @@ from requests_failover._state import FORMAT_VERSION
 from requests_failover.testing import set_testing, settle
 
 from ._valkey import ValkeyServer
-from .conftest import wait_until
-from .test_shared_state import Worker, hits_from
+from .conftest import Worker, wait_until
+from .test_shared_state import hits_from
 
 PASSWORD = "s3cret-Pa55word"
 WAIT = 60.0
@@ -50,14 +50,6 @@ def secured(tmp_path: Path) -> Iterator[ValkeyServer]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def workers() -> Iterator[List[Worker]]:
-    started: List[Worker] = []
-    yield started
-    for worker in started:
-        worker.close()
 
 
 @pytest.fixture

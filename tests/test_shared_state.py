@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import stat
@@ -11,7 +10,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List
 
 import pytest
 
@@ -20,56 +19,7 @@ from requests_failover._state import FORMAT_VERSION, default_path
 from requests_failover.testing import LoopbackBackend, settle
 
 from . import _workers
-from .conftest import root
-
-SPAWN = multiprocessing.get_context("spawn")
-WAIT = 60.0  # generous upper bound for a child's answer on a loaded machine
-
-
-class Worker:
-    """A child process holding one FailoverSession, driven command by command."""
-
-    def __init__(self, backends: List[str], name: str, **options: Any) -> None:
-        self.name = name
-        self.conn, child = SPAWN.Pipe()
-        self.process = SPAWN.Process(target=_workers.serve, args=(child, backends, options, name), daemon=True)
-        self.process.start()
-        assert self._recv()[0] == "ready"
-
-    def _recv(self) -> Any:
-        assert self.conn.poll(WAIT), f"worker {self.name} did not answer"
-        return self.conn.recv()
-
-    def get(self, path: str) -> Tuple[Any, ...]:
-        self.conn.send(("get", path))
-        return tuple(self._recv())
-
-    def send_get(self, path: str) -> None:
-        self.conn.send(("get", path))
-
-    def result(self) -> Tuple[Any, ...]:
-        return tuple(self._recv())
-
-    def status(self) -> Dict[str, Any]:
-        self.conn.send(("status",))
-        return dict(self._recv())
-
-    def close(self) -> None:
-        try:
-            self.conn.send(("exit",))
-        except OSError:
-            pass
-        self.process.join(WAIT)
-        if self.process.is_alive():
-            self.process.kill()
-
-
-@pytest.fixture
-def workers() -> Iterator[List[Worker]]:
-    started: List[Worker] = []
-    yield started
-    for worker in started:
-        worker.close()
+from .conftest import SPAWN, WAIT, Worker, root
 
 
 @pytest.fixture
