@@ -47,7 +47,7 @@ RECONCILE = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
 #: Compare-and-set attempts before an update stays on this machine.
-CAS_TRIES = 10
+CAS_TRIES = 100
 
 
 class StoreStatus(TypedDict):
@@ -72,17 +72,23 @@ class _Breaker:
         self.error: Optional[str] = None
         self._delay = 0.0
         self._retry_at = 0.0  # monotonic
+        self._lock = threading.Lock()
+        _runtime.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def wait(self) -> float:
         """Seconds until the store may be tried again (0: now)."""
         return max(0.0, self._retry_at - time.monotonic())
 
     def failed(self, exc: BaseException) -> None:
-        first = self.reachable is not False
-        self.reachable = False
-        self.error = f"{type(exc).__name__}: {exc}"[:300]
-        self._delay = min(BACKOFF_CAP, max(BACKOFF_FIRST, self._delay * 2))
-        self._retry_at = time.monotonic() + _runtime.interval(self._delay)
+        with self._lock:  # the feed and the background thread may fail at once: one warning
+            first = self.reachable is not False
+            self.reachable = False
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            self._delay = min(BACKOFF_CAP, max(BACKOFF_FIRST, self._delay * 2))
+            self._retry_at = time.monotonic() + _runtime.interval(self._delay)
         if first:
             log.warning(
                 "state store %s is not usable (%s); keeping the selection on this machine until it answers",
@@ -93,9 +99,13 @@ class _Breaker:
             log.debug("state store %s still not usable: %s", self.location, self.error)
 
     def succeeded(self) -> None:
-        if self.reachable is False:
+        if self.reachable is True:
+            return  # the common case, without the lock
+        with self._lock:
+            again = self.reachable is False
+            self.reachable, self.error, self._delay, self._retry_at = True, None, 0.0, 0.0
+        if again:
             log.warning("state store %s answers again; selection re-synced", self.location)
-        self.reachable, self.error, self._delay, self._retry_at = True, None, 0.0, 0.0
 
 
 _registry_lock = threading.RLock()

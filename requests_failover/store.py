@@ -17,7 +17,7 @@ again after a backoff.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, Optional, Protocol, Tuple, runtime_checkable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from . import _runtime
@@ -129,6 +129,10 @@ def check_prefix(prefix: object) -> str:
     return prefix
 
 
+def _from_url(url: str, prefix: str, timeout: float, password: Optional[str]) -> RedisStore:
+    return RedisStore.from_url(url, prefix=prefix, timeout=timeout, password=password)
+
+
 class RedisStore:
     """The selection of a whole fleet in Redis or Valkey (``pip install requests-failover[redis]``).
 
@@ -202,7 +206,16 @@ class RedisStore:
         client = redis.Redis.from_url(url, **options)
         store = cls(client, prefix=prefix)
         store.location = redact(url)
+        store._made_from = (url, prefix, timeout, password)
         return store
+
+    _made_from: Optional[Tuple[str, str, float, Optional[str]]] = None
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        """A store made from a URL pickles as that URL (a session passed to a child process)."""
+        if self._made_from is None:
+            raise TypeError("a RedisStore built on your own client cannot be pickled; use RedisStore.from_url()")
+        return (_from_url, self._made_from)
 
     def _key(self, namespace: str) -> str:
         return f"{self._prefix}{namespace}"

@@ -22,7 +22,8 @@ WAIT = 60.0  # generous upper bound for a child's answer on a loaded machine
 @pytest.fixture(autouse=True)
 def _no_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Development mode and the default state file never leak in from the outside."""
-    monkeypatch.delenv("REQUESTS_FAILOVER_BACKENDS", raising=False)
+    for name in ("REQUESTS_FAILOVER_BACKENDS", "REQUESTS_FAILOVER_STATE_URL", "REQUESTS_FAILOVER_STATE_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     for name in (
         *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"),

@@ -515,3 +515,51 @@ def test_rediss_verifies_the_server_certificate(primary, secondary, valkey, tmp_
             assert "certificate" in (store["last_error"] or "").lower()
     finally:
         front.close()
+
+
+def test_concurrent_updates_of_machines_are_never_lost(valkey):
+    from requests_failover import _pool
+    from requests_failover._fleet import SharedStore
+    from requests_failover._state import MemoryStore
+
+    backends = ("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+    stores = [RedisStore.from_url(valkey.url, timeout=10) for _ in backends]  # a client each: three machines
+    layers = [SharedStore(store, MemoryStore(), backends) for store in stores]
+    start = threading.Barrier(len(layers))
+
+    def count_failures(layer: SharedStore, url: str) -> None:
+        start.wait()
+        for _ in range(25):  # each a read-modify-write of the whole document
+            layer.update(lambda s: _pool.mark_failed(s, url, "x", time.time()), _pool.State(backends), time.time())
+
+    threads = [threading.Thread(target=count_failures, args=pair) for pair in zip(layers, backends)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    for layer, store in zip(layers, stores):
+        layer.close()
+        store.close()
+    document = stored(valkey, list(backends))
+    assert document is not None
+    assert {url: document["health"][url]["consecutive_failures"] for url in backends} == dict.fromkeys(backends, 25)
+
+
+def test_a_session_with_a_store_pickles_for_a_child_process(primary, secondary, valkey, tmp_path):
+    import pickle
+
+    import redis
+
+    backends = [primary.url, secondary.url]
+    store = RedisStore.from_url(valkey.url, prefix="pickled:")
+    session = FailoverSession(backends, state_file=str(tmp_path / "a.json"), state_store=store)
+    with session, pickle.loads(pickle.dumps(session)) as clone:
+        primary.set("refuse")
+        assert clone.get(primary.url + "/").json()["server"] == "secondary"
+        settle(clone)
+        wait_until(lambda: session.status()["active_backend"] == secondary.url, "the original learns it")
+    assert valkey.command("EXISTS", key_of(backends, "pickled:")) == 1, "the clone kept the prefix"
+    own = RedisStore(redis.Redis(port=valkey.port))
+    with pytest.raises(TypeError, match="from_url"):
+        pickle.dumps(own)
+    own.close()
