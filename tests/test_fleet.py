@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -484,7 +485,9 @@ def test_a_session_used_before_fork_shares_the_store_from_the_child(primary, sec
         primary.set("refuse")
         answers = fork.Queue()
         child = fork.Process(target=_child_meets_the_outage, args=(session, primary.url, answers), daemon=True)
-        child.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: that is the point
+            child.start()
         assert answers.get(timeout=WAIT) == "secondary"
         child.join(WAIT)
         assert child.exitcode == 0
