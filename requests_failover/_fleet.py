@@ -46,6 +46,8 @@ RECONCILE = 5.0
 #: Backoff between attempts to reach a failing store: first, cap (seconds).
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
+#: Longest single wait for an announcement (also how soon a feed notices it is no longer needed).
+WATCH_WAIT = 0.5
 #: Compare-and-set attempts before an update stays on this machine.
 CAS_TRIES = 100
 
@@ -147,10 +149,10 @@ class _Feed:
         self.thread = threading.Thread(target=self._run, name="requests-failover-feed", daemon=True)
 
     def _run(self) -> None:
-        while self.layers:
+        while self._needed():
             wait = self.breaker.wait()
             if wait > 0:
-                time.sleep(min(wait, 0.1))
+                time.sleep(min(wait, WATCH_WAIT))
                 continue
             try:
                 self._deliver(self.remote.watch(self.name, 0))  # subscribed before reading: no change slips by
@@ -158,15 +160,23 @@ class _Feed:
                 self.breaker.succeeded()
                 until = time.monotonic() + _runtime.interval(RECONCILE)
                 while self.layers and time.monotonic() < until:
-                    self._deliver(self.remote.watch(self.name, min(0.1, max(0.001, until - time.monotonic()))))
+                    wait = min(WATCH_WAIT, max(0.001, until - time.monotonic()))
+                    self._deliver(self.remote.watch(self.name, wait))
             except Exception as exc:  # the store failed: back off, then subscribe and read anew
                 self.breaker.failed(exc)
-        with _registry_lock:
-            if _feeds.get((id(self.remote), self.name)) is self:
-                del _feeds[(id(self.remote), self.name)]
         unwatch = getattr(self.remote, "unwatch", None)
         if unwatch is not None:
             unwatch(self.name)
+
+    def _needed(self) -> bool:
+        """Whether a session still listens; if none does, leave the registry (under its lock, so
+        that a session subscribing now starts a new feed rather than join this ending one)."""
+        with _registry_lock:
+            if self.layers:
+                return True
+            if _feeds.get((id(self.remote), self.name)) is self:
+                del _feeds[(id(self.remote), self.name)]
+            return False
 
     def _deliver(self, raw: Optional[bytes], read: bool = False) -> None:
         if raw is None and not read:
@@ -224,7 +234,7 @@ _runtime.reset_after_fork(_FORK_HOOK)
 
 
 def _at_exit() -> None:
-    """Stop the feed threads before the interpreter finalizes (each ends within 0.1 s)."""
+    """Stop the feed threads before the interpreter finalizes (each ends within ``WATCH_WAIT``)."""
     with _registry_lock:
         feeds = list(_feeds.values())
     for feed in feeds:
