@@ -314,8 +314,8 @@ def test_a_hostile_value_is_ignored_and_never_routes_traffic(
         document = stored(valkey, backends)
         assert document is not None
         if case == "wrong type":
-            valkey.command("DEL", key_of(backends))
-            valkey.command("HSET", key_of(backends), "active", tertiary.url)
+            replace = "redis.call('DEL', KEYS[1]); return redis.call('HSET', KEYS[1], 'active', ARGV[1])"
+            valkey.command("EVAL", replace, "1", key_of(backends), tertiary.url)  # atomic: no rebuild between
         elif case == "unconfigured host":
             document["active"] = tertiary.url
             publish(valkey, backends, json.dumps(document).encode())
