@@ -252,6 +252,7 @@ class SharedStore:
     """The selection in a remote store, with the machine's state file (or memory) as the local layer."""
 
     persistent = True
+    lease_based = True
 
     def __init__(self, remote: StateStore, local: FileStore | MemoryStore, backends: Tuple[str, ...]) -> None:
         self.remote = remote

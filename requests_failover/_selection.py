@@ -299,7 +299,9 @@ class Selection:
                     f"{url} is healthy again",
                 )
         finally:
-            self._store.release(f"probe {url}", owner_token())
+            if self._store.lease_based:
+                self._flush()  # the result is in the shared store before another machine may probe
+                self._store.release(f"probe {url}", owner_token())
             self._probing.discard(url)
             WORKER.wake()
 

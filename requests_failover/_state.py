@@ -221,6 +221,8 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
 class _Local:
     """What the local stores share: no leases (the probe claim lives in the state), nothing to close."""
 
+    lease_based = False
+
     def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:
         return None
 

@@ -566,3 +566,21 @@ def test_a_session_with_a_store_pickles_for_a_child_process(primary, secondary, 
     with pytest.raises(TypeError, match="from_url"):
         pickle.dumps(own)
     own.close()
+
+
+def test_the_fleet_takes_a_recovered_primary_back(primary, secondary, valkey, workers, tmp_path):
+    backends = [primary.url, secondary.url]
+    machines = [
+        Worker(backends, name, state_file=str(tmp_path / f"{name}.json"), state_store=valkey.url) for name in "AB"
+    ]
+    workers += machines
+    for machine in machines:
+        assert machine.get("/warmup")[2] == "primary"
+    primary.set("refuse")
+    assert machines[0].get("/outage")[2] == "secondary"
+    wait_until(lambda: machines[1].status()["active_backend"] == secondary.url, "B learns the switch")
+    primary.set("up")  # failback probes (leased: one machine at a time) find it healthy twice
+    for machine in machines:
+        wait_until(lambda m=machine: m.status()["active_backend"] == primary.url, f"{machine.name} fails back")
+        assert machine.get("/after")[2] == "primary"
+    assert len(primary.hits(health=True)) >= 2, "taken back after healthy_threshold probes"
