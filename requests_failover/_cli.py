@@ -18,9 +18,9 @@ import requests
 
 from . import __version__
 from ._config import DEFAULT_HEALTH_PATHS, ENV_STATE_URL, build_options
-from ._fleet import ENV_STATE_PASSWORD, namespace
+from ._fleet import ENV_STATE_PASSWORD
 from ._health import probe
-from ._state import decode
+from ._state import decode, namespace
 from .adapter import FailoverAdapter
 from .session import FailoverSession
 from .store import RedisStore, _import_redis, check_url
@@ -127,7 +127,7 @@ def _fleet_view(url: str, backends: Tuple[str, ...]) -> Dict[str, Any]:
     else:
         try:
             view["active_backend"] = decode(raw, backends, time.time()).current() if raw else None
-        except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             view["last_error"] = f"ignoring the stored selection: {exc}"
     finally:
         store.close()

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 from urllib3.util import parse_url
 
+from .store import check_url
+
 ENV_BACKENDS = "REQUESTS_FAILOVER_BACKENDS"
 ENV_STATE_URL = "REQUESTS_FAILOVER_STATE_URL"
 
@@ -200,8 +202,6 @@ _STORE_METHODS = ("get", "compare_and_set", "lease", "release", "watch", "close"
 
 def _state_store(value: object, env: Mapping[str, str]) -> object:
     """Validate ``state_store`` (or the environment's URL when it is None)."""
-    from .store import check_url
-
     argument = "state_store"
     if value is None:
         value = env.get(ENV_STATE_URL, "").strip() or None

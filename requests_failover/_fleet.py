@@ -23,7 +23,6 @@ reads an attribute that the feed thread sets (and the state file's ``lstat``).
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import threading
@@ -34,12 +33,11 @@ from typing import Dict, Optional, Tuple, TypedDict
 from . import _runtime
 from ._background import EXIT_WAIT, WORKER
 from ._pool import State
-from ._state import MAX_FILE_BYTES, FileStore, MemoryStore, Update, decode, encode
+from ._state import FileStore, MemoryStore, Update, complain_once, decode, encode, namespace
 from .store import StateStore
 
 log = logging.getLogger("requests_failover")
 
-ENV_STATE_URL = "REQUESTS_FAILOVER_STATE_URL"
 ENV_STATE_PASSWORD = "REQUESTS_FAILOVER_STATE_PASSWORD"
 #: Seconds between reads that reconcile with the store (announcements can be lost).
 RECONCILE = 5.0
@@ -58,11 +56,6 @@ class StoreStatus(TypedDict):
     location: str  # never a password
     reachable: Optional[bool]  # None: not tried yet
     last_error: Optional[str]
-
-
-def namespace(backends: Tuple[str, ...]) -> str:
-    """The name of a backend set in a shared store (the state file's name too)."""
-    return hashlib.sha256("\n".join(backends).encode("utf-8")).hexdigest()[:16]
 
 
 class _Breaker:
@@ -325,7 +318,10 @@ class SharedStore:
         self._mirror(state)
 
     def rebuild(self) -> bool:
-        """Write what we know into a store that lost the document; whether we did."""
+        """Write what we know into a store that lost the document; False if we know nothing.
+
+        True also when another machine rebuilt it first (the compare-and-set then fails).
+        """
         known = self._known
         if known is None or self._closed:
             return False
@@ -339,16 +335,10 @@ class SharedStore:
         if raw is None:
             return None
         try:
-            if len(raw) > MAX_FILE_BYTES:
-                raise ValueError("too large")
             return decode(raw, self._backends, now)
-        except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             message = f"ignoring the selection in state store {self.remote.location}: {exc}"
-            if not self._complained:
-                self._complained = True
-                log.warning(message)
-            else:
-                log.debug(message)
+            self._complained = complain_once(self._complained, message)
             return None
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -378,9 +368,8 @@ class SharedStore:
         return new
 
     def _mirror(self, state: State) -> None:
-        if isinstance(self._local, FileStore):
-            # ``current`` must not be ``state``: an update that returns its base writes nothing
-            self._local.update(lambda _: state, State(self._backends), _runtime.now())
+        # ``current`` must not be ``state``: an update that returns its base writes nothing
+        self._local.update(lambda _: state, State(self._backends), _runtime.now())
 
     # -- leases ------------------------------------------------------------------------------------------
     def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:

@@ -128,11 +128,15 @@ def claim_is_void(owner: Optional[str]) -> bool:
 Update = Callable[[State], State]
 
 
+def namespace(backends: Sequence[str]) -> str:
+    """The name of a backend set: its default state file's and its key's in a shared store."""
+    return hashlib.sha256("\n".join(backends).encode("utf-8")).hexdigest()[:16]
+
+
 def default_path(backends: Sequence[str]) -> str:
     """The per-backend-set file in the user cache directory."""
-    digest = hashlib.sha256("\n".join(backends).encode("utf-8")).hexdigest()[:16]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return os.path.join(cache, "requests-failover", f"{digest}.json")
+    return os.path.join(cache, "requests-failover", f"{namespace(backends)}.json")
 
 
 def encode(state: State) -> bytes:
@@ -157,7 +161,17 @@ def _finite(value: Any, *, optional: bool = False) -> Optional[float]:
 
 
 def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
-    """Parse and validate a file's bytes; raise ``ValueError`` on anything off.
+    """Parse and validate a stored document (the state file's, a shared store's); ``ValueError`` on anything off."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError("too large")
+    try:
+        return _decode_document(data, backends, now)
+    except (TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> State:
+    """Parse and validate the document's JSON (raises ``ValueError`` and, on odd input, others).
 
     Times in the future beyond what this library would ever write are
     clamped, so a hostile file cannot keep a backend down for a year.
@@ -299,10 +313,8 @@ class FileStore(_Local):
         finally:
             os.close(fd)
         try:
-            if len(data) > MAX_FILE_BYTES:
-                raise ValueError("too large")
             return decode(data, backends, now)
-        except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             self._complain(f"ignoring state file {self._path}: {exc}")
             return None
 
@@ -432,11 +444,13 @@ class FileStore(_Local):
                 pass
 
     def _complain(self, message: str) -> None:
-        if not self._complained:
-            self._complained = True
-            log.warning(message)
-        else:
-            log.debug(message)
+        self._complained = complain_once(self._complained, message)
+
+
+def complain_once(complained: bool, message: str) -> bool:
+    """Log ``message`` as a warning the first time, then at debug level; return True."""
+    log.log(logging.DEBUG if complained else logging.WARNING, message)
+    return True
 
 
 class _Unsafe(Exception):
