@@ -2,7 +2,8 @@
 
 Everything here is validated once, when a session or adapter is built, and
 never changes afterwards; no I/O happens in this module except reading the
-``REQUESTS_FAILOVER_BACKENDS`` environment variable.
+``REQUESTS_FAILOVER_BACKENDS`` environment variable (and one stat: a
+``state_file`` naming a directory is refused).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote
 
 from urllib3.util import parse_url
 
@@ -263,8 +265,14 @@ def build_options(
     for path in paths:
         if not isinstance(path, str):
             raise TypeError(f"health_paths: each path must be a str, got {type(path).__name__}")
-        if not path.startswith("/") or any(c in path for c in " \r\n#"):
+        if not path.startswith("/") or any(c in path for c in " \r\n#\\") or path.startswith("///"):
             raise ValueError(f"health_paths: {path!r} must be an absolute path starting with '/'")
+        # '/../health' would leave the base path by a back door: '//health' says so openly
+        if any(unquote(part) in (".", "..") for part in path.split("?")[0].split("/")):
+            raise ValueError(
+                f"health_paths: {path!r} contains a '.' or '..' segment; "
+                "write a path relative to the host with two leading slashes, such as '//health'"
+            )
 
     if isinstance(max_retries, bool) or not isinstance(max_retries, int):
         raise TypeError(f"max_retries: expected an int, got {type(max_retries).__name__}")
@@ -284,6 +292,9 @@ def build_options(
         state_file = os.fspath(state_file)
         if not isinstance(state_file, str) or not state_file:
             raise ValueError("state_file: expected a non-empty str path")
+        if os.path.isdir(state_file):  # one stat: a directory can never be the state file
+            example = os.path.join(state_file, "failover.json")
+            raise ValueError(f"state_file: {state_file!r} is a directory; give the path of a file, such as {example!r}")
     if on_switch is not None and not callable(on_switch):
         raise TypeError(f"on_switch: expected a callable, got {type(on_switch).__name__}")
     if isinstance(observers, (str, bytes)) or not isinstance(observers, (Sequence, frozenset, set)):

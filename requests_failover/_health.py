@@ -1,4 +1,16 @@
-"""Health probes: one backend (its paths in order), several concurrently."""
+"""Health probes: one backend (its paths in order), several concurrently.
+
+Where a health path is probed (:func:`probe_url`): relative to the backend's
+base URL (``/health`` on ``https://host/api`` is ``/api/health``), except a
+path that already starts with the base path, used as is (``/api/health``
+there is ``/api/health``, never ``/api/api/health``), and a path written
+with two leading slashes, relative to the host (``//healthz`` is
+``https://host/healthz`` whatever the base path).
+
+A backend with no health endpoint (every path answered 404 or 405, and no
+``health_check`` judges the answers) is judged by its base URL instead: any
+answer below 500 counts as up. That is said once per backend at WARNING.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import requests
 from requests.auth import HTTPBasicAuth
@@ -44,8 +56,36 @@ def describe_error(exc: BaseException) -> str:
 MAX_PROBE_BODY = 64 * 1024
 
 
+#: Answers that say "no such endpoint" rather than "unhealthy".
+NOT_FOUND = frozenset({404, 405})
+
+_warned: Set[str] = set()  # backends already reported as having no health endpoint
+_warned_lock = threading.Lock()
+
+
+def probe_url(backend: Backend, path: str) -> str:
+    """The URL probed for ``path`` (see the module docstring): never a doubled base path."""
+    if path.startswith("//"):
+        return backend.origin + path[1:]
+    base = backend.base_path
+    if base and (path.split("?")[0] == base or path.startswith(base + "/")):
+        return backend.origin + path
+    return backend.url + path
+
+
+def lacks_health_endpoint(result: ProbeResult) -> bool:
+    """Whether ``result`` was decided by the base URL because no health path exists.
+
+    Such a result carries no ``path`` but an HTTP ``status`` (a result with no
+    path and no status is a probe that could not run at all).
+    """
+    return result.path is None and result.status is not None
+
+
 def prepare(backend: Backend, path: str, headers: Sequence[Tuple[str, str]] = ()) -> requests.PreparedRequest:
-    request = requests.Request("GET", backend.url + path, headers=dict(headers))
+    """The probe of ``path``; ``path`` ``""`` is the backend's base URL itself."""
+    url = probe_url(backend, path) if path else backend.url + ("" if backend.base_path else "/")
+    request = requests.Request("GET", url, headers=dict(headers))
     prepared = request.prepare()
     if backend.auth is not None:
         prepared = HTTPBasicAuth(*backend.auth)(prepared)
@@ -68,6 +108,12 @@ def probe(
     most ``MAX_PROBE_BODY`` bytes) and ``elapsed`` set. A failing answer moves
     on to the next path; an exception (refused, timeout, TLS) ends this
     backend's probe at once: the next path would meet the same network.
+    Paths that lead to the same URL (``/health`` and ``/api/health`` on a
+    base path ``/api``) are asked once.
+
+    Without ``check``, a backend whose every path answered 404 or 405 has no
+    health endpoint: its base URL is asked instead and any answer below 500
+    means up. The result then has no ``path`` (:func:`lacks_health_endpoint`).
     """
     kwargs: Dict[str, Any] = dict(send_kwargs or {})
     kwargs["timeout"] = (timeout, timeout)
@@ -81,7 +127,14 @@ def probe(
         duration = round(clock() - began, 6)
         return ProbeResult(backend.url, healthy, path, status, latency, None if healthy else error, duration)
 
+    asked = set()
+    missing: List[str] = []  # paths answered 404/405: the backend may have no health endpoint
+    unique = []
     for path in paths:
+        if probe_url(backend, path) not in asked:
+            asked.add(probe_url(backend, path))
+            unique.append(path)
+    for path in unique:
         started = clock()
         try:
             response = send(prepare(backend, path, headers), **kwargs)
@@ -102,7 +155,48 @@ def probe(
             healthy, error = False, f"health_check raised {type(exc).__name__} on {path}"
         if healthy:
             return result(True, path)
-    return result(False, paths[-1])
+        if status in NOT_FOUND:
+            missing.append(path)
+    if check is None and len(missing) == len(unique):
+        return _probe_base(backend, unique, kwargs, send, clock, began, headers)
+    return result(False, unique[-1])
+
+
+def _probe_base(
+    backend: Backend,
+    paths: Sequence[str],
+    kwargs: Mapping[str, Any],
+    send: Sender,
+    clock: Callable[[], float],
+    began: float,
+    headers: Sequence[Tuple[str, str]],
+) -> ProbeResult:
+    """Judge a backend that has no health endpoint by its base URL: any answer below 500 is up."""
+    answers = f"HTTP 404/405 on {', '.join(paths)}"
+    started = clock()
+    status: Optional[int] = None
+    try:
+        response = send(prepare(backend, "", headers), **kwargs)
+        _read_limited(response)
+    except Exception as exc:  # any failure of the network or the transport
+        error: Optional[str] = f"no health endpoint ({answers}); the base URL: {describe_error(exc)}"
+    else:
+        status = response.status_code
+        error = None if status < 500 else f"no health endpoint ({answers}); the base URL answered HTTP {status}"
+    latency = round((clock() - started) * 1000, 3)
+    log.debug("probe %s (base URL, no health endpoint) answered %s in %.1f ms", backend.url, status, latency)
+    with _warned_lock:
+        first = backend.url not in _warned
+        _warned.add(backend.url)
+    if first:
+        log.warning(
+            "backend %s has no health endpoint (%s): judged by its base URL instead, where any answer "
+            "below 500 counts as up; set health_paths to a path it serves (or health_check to judge its answers)",
+            backend.url,
+            answers,
+        )
+    healthy = error is None
+    return ProbeResult(backend.url, healthy, None, status, latency, error, round(clock() - began, 6))
 
 
 def _read_limited(response: requests.Response) -> None:

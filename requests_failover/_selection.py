@@ -19,7 +19,7 @@ from . import _pool, _runtime
 from ._background import WORKER
 from ._config import Backend, Options
 from ._fleet import SharedStore, StoreStatus, resolve
-from ._health import Sender, probe, probe_all
+from ._health import Sender, lacks_health_endpoint, probe, probe_all
 from ._pool import ProbeResult, State
 from ._state import FileStore, MemoryStore, Update, claim_is_void, open_store, owner_token
 from .events import ProbeEvent, SwitchEvent, emit
@@ -40,6 +40,9 @@ class BackendStatus(TypedDict):
     last_error: Optional[str]
     down_until: Optional[float]  # unix time; None when not down
     next_probe_at: Optional[float]  # unix time of its next background probe, if one is planned
+    # False: no health path exists (every one answered 404/405), so its base URL judges it;
+    # True: a health path answered; None: not probed by this process yet
+    health_endpoint: Optional[bool]
 
 
 class Status(TypedDict):
@@ -75,6 +78,7 @@ class Selection:
         self._plan_cache: Optional[Tuple[State, float, List[Backend]]] = None
         self._closed = False
         self._probe_kwargs: Mapping[str, Any] = {}
+        self._endpoints: Dict[str, bool] = {}  # url -> whether its last probe here found a health path
         _runtime.reset_after_fork(self)
 
     def _fresh_process(self) -> None:
@@ -429,6 +433,8 @@ class Selection:
                 log.exception("on_switch hook raised")
 
     def _observe_probe(self, result: ProbeResult) -> None:
+        if result.status is not None:  # an answer came: it tells whether a health path exists
+            self._endpoints[result.url] = not lacks_health_endpoint(result)
         if self._options.observers:
             event = ProbeEvent(
                 result.url, result.path, result.healthy, result.status, result.duration, result.error, self._clock()
@@ -452,6 +458,7 @@ class Selection:
                     "last_error": health.last_error,
                     "down_until": health.down_until if health.down_until > now else None,
                     "next_probe_at": due.get(url, stale_at),
+                    "health_endpoint": self._endpoints.get(url),
                 }
             )
         return {
