@@ -18,11 +18,17 @@ OpenTelemetry name has dots, e.g. ``requests_failover.attempt.duration``):
 
 The gauges reflect the events this process saw (its own requests and probes,
 and switches it noticed in the shared state).
+
+Several ``PrometheusObserver`` objects on one registry (a session per
+service, each with its own observer) share one set of metrics: the
+``backend`` label tells the services apart. Only another collector already
+holding one of these names is an error, which says to pass ``namespace=``.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from .events import AttemptEvent, Event, ProbeEvent, SwitchEvent
@@ -65,28 +71,10 @@ class _Gauges:
             return active, ((event.backend, down) if changed else None)
 
 
-class PrometheusObserver:
-    """An observer recording into ``prometheus_client`` metrics.
+class _PrometheusMetrics:
+    """The six metrics of one namespace in one registry: built once, shared by its observers."""
 
-    :param registry: where to register (default: ``prometheus_client.REGISTRY``).
-    :param namespace: the metric name prefix.
-
-    Under gunicorn with several workers use prometheus_client's multiprocess
-    mode (``PROMETHEUS_MULTIPROC_DIR``): counters and histograms add up across
-    workers; the two gauges use the ``livemax`` mode (a backend counts as
-    active/down if it is for any live worker).
-    """
-
-    def __init__(self, registry: Any = None, *, namespace: str = "requests_failover") -> None:
-        try:
-            import prometheus_client
-        except ImportError:  # pragma: no cover - the extra is installed in the tests
-            raise ImportError(
-                "PrometheusObserver needs prometheus_client: pip install requests-failover[prometheus]"
-            ) from None
-        if not isinstance(namespace, str) or not namespace.replace("_", "").isalnum():
-            raise ValueError(f"namespace: letters, digits and underscores, got {namespace!r}")
-        registry = prometheus_client.REGISTRY if registry is None else registry
+    def __init__(self, prometheus_client: Any, registry: Any, namespace: str) -> None:
         kw: Dict[str, Any] = {"namespace": namespace, "registry": registry}
         self.attempts = prometheus_client.Counter(
             "attempts", "Attempts of requests to a backend, by outcome", ["backend", "outcome"], **kw
@@ -110,6 +98,63 @@ class PrometheusObserver:
         self.down = prometheus_client.Gauge(
             "backend_down", "1 while the backend is marked down", ["backend"], multiprocess_mode="livemax", **kw
         )
+
+
+# registry -> namespace -> its metrics; weak, so a registry dropped by a test leaves nothing behind
+_shared: weakref.WeakKeyDictionary[Any, Dict[str, _PrometheusMetrics]] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def _metrics_for(prometheus_client: Any, registry: Any, namespace: str) -> _PrometheusMetrics:
+    """The metrics of ``namespace`` in ``registry``, registered by the first observer, shared by the next."""
+    with _shared_lock:
+        by_namespace = _shared.setdefault(registry, {})
+        metrics = by_namespace.get(namespace)
+        if metrics is None:
+            try:
+                metrics = _PrometheusMetrics(prometheus_client, registry, namespace)
+            except ValueError as exc:  # prometheus_client: "Duplicated timeseries in CollectorRegistry"
+                raise ValueError(
+                    f"PrometheusObserver: metrics named {namespace}_* are already registered in this registry "
+                    f"by another collector ({exc}); pass namespace='...' for another prefix, or registry=..."
+                ) from None
+            by_namespace[namespace] = metrics
+        return metrics
+
+
+class PrometheusObserver:
+    """An observer recording into ``prometheus_client`` metrics.
+
+    :param registry: where to register (default: ``prometheus_client.REGISTRY``).
+    :param namespace: the metric name prefix.
+
+    Under gunicorn with several workers use prometheus_client's multiprocess
+    mode (``PROMETHEUS_MULTIPROC_DIR``): counters and histograms add up across
+    workers; the two gauges use the ``livemax`` mode (a backend counts as
+    active/down if it is for any live worker).
+
+    A second observer with the same registry and namespace (another session,
+    another service) records into the same metrics, told apart by their
+    ``backend`` labels; prometheus_client allows each name once per registry.
+    """
+
+    def __init__(self, registry: Any = None, *, namespace: str = "requests_failover") -> None:
+        try:
+            import prometheus_client
+        except ImportError:  # pragma: no cover - the extra is installed in the tests
+            raise ImportError(
+                "PrometheusObserver needs prometheus_client: pip install requests-failover[prometheus]"
+            ) from None
+        if not isinstance(namespace, str) or not namespace.replace("_", "").isalnum():
+            raise ValueError(f"namespace: letters, digits and underscores, got {namespace!r}")
+        registry = prometheus_client.REGISTRY if registry is None else registry
+        metrics = _metrics_for(prometheus_client, registry, namespace)
+        self.attempts = metrics.attempts
+        self.switches = metrics.switches
+        self.attempt_duration = metrics.attempt_duration
+        self.probe_duration = metrics.probe_duration
+        self.active = metrics.active
+        self.down = metrics.down
         self._gauges = _Gauges()
         self._children: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 

@@ -144,6 +144,42 @@ def test_prometheus_exposition_after_a_failover(make_session: Make, primary, sec
     assert samples[("requests_failover_attempt_duration_seconds_count", (("backend", S),))] == 2
 
 
+def test_two_prometheus_observers_share_one_registry(make_session: Make, primary, secondary, tertiary):
+    """A session per service, each with its own observer: one set of metrics, told apart by backend."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from requests_failover.metrics import PrometheusObserver
+
+    registry = prometheus_client.CollectorRegistry()
+    one, two = PrometheusObserver(registry), PrometheusObserver(registry)
+    assert one.attempts is two.attempts
+    billing = make_session([primary.url, secondary.url], observers=[one])
+    search = make_session([tertiary.url], observers=[two])
+    billing.get(primary.url + "/a")
+    search.get(tertiary.url + "/b")
+    search.get(tertiary.url + "/c")
+    text = prometheus_client.generate_latest(registry).decode()
+    totals = {
+        s.labels["backend"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "requests_failover_attempts_total"
+    }
+    assert totals == {primary.url: 1, tertiary.url: 2}
+
+
+def test_a_prometheus_name_taken_by_another_collector_says_what_to_do():
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from requests_failover.metrics import PrometheusObserver
+
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Counter("requests_failover_attempts", "someone else's", registry=registry)
+    with pytest.raises(ValueError, match=r"^PrometheusObserver: metrics named requests_failover_\* are already"):
+        PrometheusObserver(registry)
+    assert PrometheusObserver(registry, namespace="billing").attempts._name == "billing_attempts"
+
+
 def test_opentelemetry_observer_with_the_sdks_in_memory_reader(make_session: Make, primary, secondary):
     pytest.importorskip("opentelemetry.sdk")
     from opentelemetry.sdk.metrics import MeterProvider
