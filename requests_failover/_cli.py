@@ -1,6 +1,9 @@
 """The ``requests-failover`` command line: a thin layer over the public API.
 
-Exit codes: 0 ok, 1 no healthy backend (``check``), 2 bad usage or input.
+Exit codes: 0 ok, 1 no healthy backend (``check``), 2 bad usage or input,
+141 when the reader of the output went away (``| head``), quietly, as git does.
+Strings read from a state file or a store are printed with control
+characters escaped: a hostile file cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import requests
 from . import __version__
 from ._config import DEFAULT_HEALTH_PATHS, ENV_STATE_URL, build_options
 from ._fleet import ENV_STATE_PASSWORD
-from ._health import probe
+from ._health import lacks_health_endpoint, probe
 from ._state import decode, namespace
 from .adapter import FailoverAdapter
 from .session import FailoverSession
@@ -30,7 +33,22 @@ class UsageError(Exception):
     """Bad input: one line on stderr, exit 2."""
 
 
+#: Exit status after the reader of stdout went away: 128 + SIGPIPE, what git and ls end with.
+EXIT_PIPE = 141
+#: Seconds past a backend's due probe before ``status`` says no process is probing it.
+OVERDUE_AFTER = 5.0
+
+
+def _printable(text: object) -> str:
+    """``text`` with every non-printable character escaped as Python would (``\\x1b``, ``\\n``)."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
 def _table(rows: List[List[str]], header: List[str]) -> str:
+    rows = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -63,8 +81,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     sender.close()
     active = next((r.url for r in results if r.healthy), None)
     store = None if url is None else _fleet_view(url, tuple(b.url for b in options.targets))
+    missing = [r for r in results if lacks_health_endpoint(r)]
     if args.json:
-        document: Dict[str, Any] = {"active_backend": active, "backends": [r.__dict__ for r in results]}
+        backends = [{**r.__dict__, "health_endpoint": not lacks_health_endpoint(r)} for r in results]
+        document: Dict[str, Any] = {"active_backend": active, "backends": backends}
         if store is not None:
             document["state_store"] = store
         print(json.dumps(document, indent=2))
@@ -73,7 +93,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             [
                 r.url,
                 "yes" if r.healthy else "no",
-                r.path or "-",
+                ("(none)" if lacks_health_endpoint(r) else r.path) or "-",
                 str(r.status) if r.status is not None else "-",
                 f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
                 r.error or "",
@@ -81,10 +101,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             for r in results
         ]
         print(_table(rows, ["backend", "healthy", "path", "status", "latency_ms", "error"]))
+        for r in missing:
+            print(f"\n{_no_endpoint_note(r.url, ', '.join(options.health_paths))}")
         print(f"\nactive: {active}" if active else "\nactive: none (no backend is healthy)")
         if store is not None:
             print(f"state store: {_store_text(store)}; the fleet's selection: {store['active_backend']}")
     return 0 if active else 1
+
+
+def _no_endpoint_note(url: str, paths: str = "") -> str:
+    asked = f" ({paths} answered 404/405)" if paths else " (every health path answered 404/405)"
+    return (
+        f"{url} has no usable health path{asked}: its base URL judges it, any answer below 500 counting "
+        "as up. Set health_paths (--path) to a path it serves, or health_check."
+    )
 
 
 # -- status / reset -----------------------------------------------------------------------
@@ -139,7 +169,21 @@ def _store_text(store: Any) -> str:
         return "none (the state file alone)"
     reachable = {True: "reachable", False: "NOT reachable", None: "not contacted yet"}[store["reachable"]]
     error = f" ({store['last_error']})" if store["last_error"] else ""
-    return f"{store['location']}, {reachable}{error}"
+    return _printable(f"{store['location']}, {reachable}{error}")
+
+
+def _next_probe(backend: Any, status: Any, now: float) -> str:
+    """When the backend is probed next; past due for long, nobody is probing it."""
+    at = backend["next_probe_at"]
+    if at is None:
+        return "-"
+    if at > now:
+        return f"{at - now:.0f} s"
+    if status["health_checking"]:
+        return "probing now"
+    if now - at < OVERDUE_AFTER:
+        return "due now"
+    return "none: no process is probing"
 
 
 def _status_text(status: Any) -> str:
@@ -160,29 +204,53 @@ def _status_text(status: Any) -> str:
             {True: "yes", False: "no", None: "unknown"}[b["healthy"]],
             str(b["consecutive_failures"]),
             f"{b['last_latency_ms']:.1f}" if b["last_latency_ms"] is not None else "-",
-            f"{max(0.0, b['next_probe_at'] - now):.0f} s" if b["next_probe_at"] is not None else "-",
+            _next_probe(b, status, now),
             b["last_error"] or "",
         ]
         for b in status["backends"]
     ]
     lines.append("")
     lines.append(_table(rows, ["backend", "healthy", "failures", "latency_ms", "next_probe", "last_error"]))
+    for b in status["backends"]:
+        if b.get("health_endpoint") is False:
+            lines.append(_no_endpoint_note(b["url"]))
+    if any(_next_probe(b, status, now).startswith("none") for b in status["backends"]):
+        lines.append(
+            "no process is probing: no process using these backends is running (or none has made a request "
+            "since the probe fell due); the selection is refreshed by the processes that use it"
+        )
     return "\n".join(lines)
 
 
+def _status(adapter: FailoverAdapter, args: argparse.Namespace) -> Dict[str, Any]:
+    """The adapter's status, with the store asked directly (the local file may have spared the adapter asking)."""
+    status: Dict[str, Any] = dict(adapter.status())
+    url = _state_url(args)
+    if url is not None and status.get("state_store") is not None:
+        view = _fleet_view(url, tuple(b["url"] for b in status["backends"]))
+        status["state_store"] = {
+            "location": view["location"],
+            "reachable": view["reachable"],
+            "last_error": view["last_error"],
+        }
+    return status
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.count is not None and not args.watch:
+        raise UsageError("--count: only with --watch (it counts the redraws)")
     adapter = _adapter(args)
     if args.json:
-        print(json.dumps(adapter.status(), indent=2))
+        print(json.dumps(_status(adapter, args), indent=2))
         return 0
     if not args.watch:
-        print(_status_text(adapter.status()))
+        print(_status_text(_status(adapter, args)))
         return 0
     terminal = sys.stdout.isatty()
     drawn = 0
     try:
         while args.count is None or drawn < args.count:
-            text = _status_text(adapter.status())
+            text = _status_text(_status(adapter, args))
             stamp = time.strftime("%H:%M:%S")
             if terminal:  # redraw in place, like watch(1)
                 sys.stdout.write(f"\x1b[H\x1b[2Jevery 1 s, {stamp} (Ctrl-C to stop)\n\n{text}\n")
@@ -208,8 +276,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 # -- demo ------------------------------------------------------------------------------------
+#: The demo's only departures from the defaults (printed when it starts).
+DEMO_HEALTHY_THRESHOLD = 1
+DEMO_CACHE_TTL = 3600.0
+#: Seconds the demo waits at most for the failback (the documented bound is about 32 s).
+DEMO_FAILBACK_BOUND = 40.0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Two loopback backends, a stream of requests, an outage, a failback."""
+    """Two loopback backends, a stream of requests, an outage, an automatic failback."""
     from .testing import LoopbackBackend  # only the demo needs servers
 
     log = logging.getLogger("requests_failover")
@@ -222,9 +297,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     failed: Dict[str, int] = {}
     try:
         with LoopbackBackend("primary") as primary, LoopbackBackend("secondary") as secondary:
-            names = {primary.url: "primary", secondary.url: "secondary"}
             print(f"primary   {primary.url}\nsecondary {secondary.url}\n")
-            with FailoverSession([primary.url, secondary.url], state_file=False, cache_ttl=3600) as session:
+            print(
+                f"demo settings: healthy_threshold={DEMO_HEALTHY_THRESHOLD} (shortened from the default 2: one "
+                "healthy failback probe takes the primary back, not two 1 s apart); "
+                f"cache_ttl={DEMO_CACHE_TTL:.0f} (lengthened from 300, so the failback below is the background "
+                "probes' doing, not a cache expiring). Everything else is at its default.\n"
+            )
+            with FailoverSession(
+                [primary.url, secondary.url],
+                state_file=False,
+                healthy_threshold=DEMO_HEALTHY_THRESHOLD,
+                cache_ttl=DEMO_CACHE_TTL,
+            ) as session:
 
                 def burst(phase: str, count: int) -> None:
                     phases[phase], served[phase], failed[phase] = [], {}, 0
@@ -250,9 +335,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print("\n2. the primary dies (connections refused)")
                 primary.set("refuse")
                 burst("2 primary down", args.requests)
-                print("\n3. the primary comes back; force_refresh() takes it back")
+                print("\n3. the primary comes back; the background failback probes take it back (no force_refresh)")
                 primary.set("up")
-                print(f"  force_refresh() -> {names[session.force_refresh()]}")
+                back = time.monotonic()
+                waiting = 0
+                while session.active_backend != primary.url and time.monotonic() - back < DEMO_FAILBACK_BOUND:
+                    try:  # traffic goes on meanwhile, served by the secondary
+                        session.get(primary.url + "/api/items/wait", timeout=(1, 2))
+                    except requests.RequestException:
+                        pass  # counted in no phase: the phases below show the failures
+                    waiting += 1
+                    time.sleep(0.05)
+                took = time.monotonic() - back
+                if session.active_backend != primary.url:
+                    print(f"  no failback within {DEMO_FAILBACK_BOUND:.0f} s: see docs/troubleshooting.rst")
+                    return 1
+                print(
+                    f"  failback after {took:.1f} s ({waiting} requests sent meanwhile), "
+                    "by the background probes alone: no force_refresh()"
+                )
                 burst("3 primary back", args.requests)
     finally:
         log.removeHandler(handler)
@@ -379,7 +480,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         if args.verbose:
             logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (``| head -1``): end quietly, as git does. Point stdout
+        # at /dev/null so the interpreter's last flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,11 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import List
+import time
+from pathlib import Path
+from typing import Iterator, List
 
 import pytest
 
 from requests_failover import FailoverSession
+
+from ._valkey import ValkeyServer
 
 
 def run(*args: str, env_extra: dict = {}) -> subprocess.CompletedProcess:  # noqa: B006 - read only
@@ -109,13 +113,19 @@ def test_every_command_has_help(command):
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
-def test_demo_shows_failover_and_failback_and_exits_0():
+def test_demo_shows_failover_and_the_automatic_failback_and_exits_0():
     result = run("demo", "--requests", "5", "--interval", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "switched backend from" in out and "summary" in out
+    assert "demo settings: healthy_threshold=1 (shortened from the default 2" in out
     assert "2 primary down  5         0       secondary x5" in out
-    assert "force_refresh() -> primary" in out
+    # the primary came back by the background probes: the switch back is theirs, before phase 3
+    back = out.index("3. the primary comes back")
+    assert " is healthy again" in out[back : out.index("3 primary back ")]
+    assert "by the background probes alone: no force_refresh()" in out
+    assert "force_refresh() ->" not in out
+    assert "3 primary back  5         0       primary x5" in out
 
 
 @pytest.mark.skipif(shutil.which("requests-failover") is None, reason="console script not installed (plain checkout)")
@@ -128,3 +138,129 @@ def test_status_says_when_development_mode_replaces_the_urls(primary, secondary)
     result = run("status", "https://prod.example", env_extra={"REQUESTS_FAILOVER_BACKENDS": secondary.url})
     assert result.returncode == 0, result.stderr
     assert "development mode" in result.stdout and secondary.url in result.stdout
+
+
+# -- piped, escaped, consistent ---------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "requests_failover"]
+
+
+def test_status_watch_piped_into_head_ends_quietly(primary, secondary):
+    """``status --watch | head -2``: head leaves after two lines, the watch ends without a word."""
+    watch = subprocess.Popen(
+        [*CLI, "status", "--watch", primary.url, secondary.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    head = subprocess.Popen(["head", "-2"], stdin=watch.stdout, stdout=subprocess.PIPE)
+    assert watch.stdout is not None and watch.stderr is not None
+    watch.stdout.close()  # head alone reads the pipe now
+    lines = head.communicate(timeout=120)[0].decode().splitlines()
+    assert watch.wait(120) == 141
+    assert watch.stderr.read() == b""
+    watch.stderr.close()
+    assert len(lines) == 2 and lines[0].startswith("-- ") and lines[1].startswith("state file:")
+
+
+def test_check_json_into_a_closed_pipe_ends_quietly(primary):
+    """The reader is gone before the answer is written (as after ``| head -1`` has its line)."""
+    primary.set(delay=0.5)  # the probe's answer comes well after the reader left
+    check = subprocess.Popen([*CLI, "check", "--json", primary.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert check.stdout is not None
+    check.stdout.close()
+    _, stderr = check.communicate(timeout=120)
+    assert (check.returncode, stderr) == (141, b"")
+
+
+def test_count_without_watch_is_a_usage_error(primary):
+    result = run("status", "--count", "2", primary.url)
+    assert_usage_error(result)
+    assert result.stderr.strip() == "error: --count: only with --watch (it counts the redraws)"
+
+
+def state_document(backends: List[str], checked_at: float, last_error: str) -> str:
+    """A state file as a session writes it: the primary down with ``last_error``."""
+    health = {
+        backends[0]: {
+            "consecutive_failures": 1,
+            "down_until": 0.0,
+            "failed_at": checked_at,
+            "healthy": False,
+            "hold_until": 0.0,
+            "last_error": last_error,
+            "last_latency_ms": 1.0,
+            "level": 1,
+            "probed_at": checked_at,
+            "successes": 0,
+        }
+    }
+    document = {
+        "active": backends[1],
+        "backends": backends,
+        "checked_at": checked_at,
+        "health": health,
+        "probing_by": None,
+        "probing_until": 0.0,
+        "version": 1,
+    }
+    return json.dumps(document)
+
+
+def test_status_escapes_control_characters_of_a_hostile_state_file(primary, secondary, tmp_path):
+    state = tmp_path / "s.json"
+    hostile = "refused\x1b]0;owned\x07\x1b[2J\r\nfake line"
+    state.write_text(state_document([primary.url, secondary.url], time.time(), hostile))
+    result = run("status", "--state-file", str(state), primary.url, secondary.url)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\r" not in result.stdout
+    assert "refused\\x1b]0;owned\\x07\\x1b[2J\\r\\nfake line" in result.stdout
+    assert not any(line.startswith("fake line") for line in result.stdout.splitlines())
+
+
+def test_status_says_no_process_is_probing_once_a_probe_is_long_overdue(primary, secondary, tmp_path):
+    state = tmp_path / "s.json"
+    long_ago = time.time() - 3600  # stale for an hour: the probe fell due 55 minutes ago
+    state.write_text(state_document([primary.url, secondary.url], long_ago, "refused"))
+    result = run("status", "--state-file", str(state), primary.url, secondary.url)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(secondary.url)]
+    assert len(rows) == 1 and "none: no process is probing" in rows[0]
+    assert " 0 s " not in result.stdout
+    assert "no process is probing: no process using these backends is running" in result.stdout
+
+
+def test_check_says_plainly_when_a_backend_has_no_health_path(primary, secondary):
+    primary.set(routes={"/health": 404, "/api/health": 404, "/status": 404})
+    result = run("check", primary.url, secondary.url)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[2].split()
+    assert row[:4] == [primary.url, "yes", "(none)", "200"]
+    assert (
+        f"{primary.url} has no usable health path (/health, /api/health, /status answered 404/405): its base URL "
+        "judges it, any answer below 500 counting as up. Set health_paths (--path) to a path it serves, or "
+        "health_check."
+    ) in result.stdout
+    document = json.loads(run("check", "--json", primary.url, secondary.url).stdout)
+    assert [b["health_endpoint"] for b in document["backends"]] == [False, True]
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    directory = tmp_path / "valkey"
+    directory.mkdir()
+    server = ValkeyServer(str(directory))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_status_with_a_state_file_reports_the_store_as_status_does(primary, secondary, valkey, tmp_path):
+    state = str(tmp_path / "s.json")
+    with FailoverSession([primary.url, secondary.url], state_file=state, state_store=valkey.url) as session:
+        session.get(primary.url + "/")
+    for extra in (["--state-file", state], []):
+        result = run("status", *extra, "--state-url", valkey.url, primary.url, secondary.url)
+        assert result.returncode == 0, result.stderr
+        assert f"state store:   {valkey.url}, reachable" in result.stdout, extra
+        document = json.loads(
+            run("status", "--json", *extra, "--state-url", valkey.url, primary.url, secondary.url).stdout
+        )
+        assert document["state_store"] == {"location": valkey.url, "reachable": True, "last_error": None}
