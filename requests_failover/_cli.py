@@ -276,6 +276,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 # -- demo ------------------------------------------------------------------------------------
+class _DemoLog(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in typeshed
+    """The demo's log lines, on stdout between its own lines."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            return  # the reader left: the demo's next print ends it quietly (main)
+        super().handleError(record)
+
+
 #: The demo's only departures from the defaults (printed when it starts).
 DEMO_HEALTHY_THRESHOLD = 1
 DEMO_CACHE_TTL = 3600.0
@@ -288,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .testing import LoopbackBackend  # only the demo needs servers
 
     log = logging.getLogger("requests_failover")
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _DemoLog(sys.stdout)
     handler.setFormatter(logging.Formatter("        [log] %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

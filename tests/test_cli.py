@@ -170,6 +170,17 @@ def test_check_json_into_a_closed_pipe_ends_quietly(primary):
     assert (check.returncode, stderr) == (141, b"")
 
 
+def test_the_demo_into_a_closed_pipe_ends_quietly():
+    """Its log lines, written by the library's logger, meet the closed pipe first: no logging traceback."""
+    demo = subprocess.Popen(
+        [*CLI, "demo", "--requests", "3", "--interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert demo.stdout is not None
+    demo.stdout.close()
+    _, stderr = demo.communicate(timeout=120)
+    assert (demo.returncode, stderr) == (141, b"")
+
+
 def test_count_without_watch_is_a_usage_error(primary):
     result = run("status", "--count", "2", primary.url)
     assert_usage_error(result)
