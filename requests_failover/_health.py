@@ -127,13 +127,14 @@ def probe(
         duration = round(clock() - began, 6)
         return ProbeResult(backend.url, healthy, path, status, latency, None if healthy else error, duration)
 
-    asked = set()
-    missing: List[str] = []  # paths answered 404/405: the backend may have no health endpoint
-    unique = []
+    unique: List[str] = []  # the paths in order, one per URL
+    asked: Set[str] = set()
     for path in paths:
-        if probe_url(backend, path) not in asked:
-            asked.add(probe_url(backend, path))
+        url = probe_url(backend, path)
+        if url not in asked:
+            asked.add(url)
             unique.append(path)
+    missing: List[str] = []  # paths answered 404/405: the backend may have no health endpoint
     for path in unique:
         started = clock()
         try:
