@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._fleet import StoreStatus
 from ._selection import BackendStatus, Status
 from .adapter import FailoverAdapter
-from .events import AttemptEvent, ProbeEvent, SwitchEvent
+from .events import AttemptEvent, DemotionEvent, ProbeEvent, SwitchEvent
 from .exceptions import AllBackendsFailed
 from .session import FailoverSession
 from .store import RedisStore, StateStore
@@ -21,6 +21,7 @@ __all__ = [
     "AllBackendsFailed",
     "AttemptEvent",
     "BackendStatus",
+    "DemotionEvent",
     "FailoverAdapter",
     "FailoverSession",
     "ProbeEvent",

@@ -35,6 +35,9 @@ DEFAULT_HEDGE_DELAY = 0.25
 DEFAULT_TIMEOUT: Tuple[float, float] = (3.0, 30.0)
 DEFAULT_POOL_CONNECTIONS = 10
 DEFAULT_POOL_MAXSIZE = 10
+#: Seconds over which a backend taken back ramps from 10 % to all requests (0: at once).
+DEFAULT_SLOW_START = 20.0
+DEFAULT_DEMOTE_SLOW = True
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -197,6 +200,8 @@ class Options:
     health_check: Optional[Callable[[Any], bool]] = None
     health_headers: Tuple[Tuple[str, str], ...] = ()
     state_store: Any = None  # None, a redis:// or rediss:// URL, or a store object
+    slow_start: float = DEFAULT_SLOW_START
+    demote_slow: bool = DEFAULT_DEMOTE_SLOW
 
 
 _STORE_METHODS = ("get", "compare_and_set", "lease", "release", "watch", "close")
@@ -241,11 +246,15 @@ def build_options(
     health_check: object = None,
     health_headers: object = None,
     state_store: object = None,
+    slow_start: object = DEFAULT_SLOW_START,
+    demote_slow: object = DEFAULT_DEMOTE_SLOW,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Options:
     """Validate every argument once; errors name the argument at fault."""
     if not isinstance(allow_insecure, bool):
         raise TypeError(f"allow_insecure: expected a bool, got {type(allow_insecure).__name__}")
+    if not isinstance(demote_slow, bool):
+        raise TypeError(f"demote_slow: expected a bool, got {type(demote_slow).__name__}")
     configured = _parse_backends(backends, argument="backends", allow_insecure=allow_insecure)
     env = os.environ if environ is None else environ
     override = env.get(ENV_BACKENDS, "").strip()
@@ -334,4 +343,6 @@ def build_options(
         health_check=health_check,
         health_headers=headers,
         state_store=_state_store(state_store, env),
+        slow_start=_number("slow_start", slow_start, minimum=0),
+        demote_slow=demote_slow,
     )

@@ -18,6 +18,47 @@ and a higher-priority backend is taken back (failback) only after
 ``healthy_threshold`` consecutive healthy probes. A ``Retry-After`` on a 503
 holds the backend down for that long (capped at ``RETRY_AFTER_CAP``) even if
 its health probe answers meanwhile.
+
+Latency-aware demotion (``demote_slow``). Each process keeps, in memory and
+per backend, an EWMA of its API latencies (``EWMA_ALPHA`` = 0.3; a sample is
+the seconds from sending to the complete answer) and a *streak* of
+consecutive slow samples. A sample is slow when it exceeds::
+
+    bound = max(DEMOTE_RATIO * best, best + DEMOTE_MARGIN)   # 4 x, + 0.25 s
+
+where ``best`` is the lowest EWMA among the other backends this process has
+samples of, or ``bound = DEMOTE_ABSOLUTE`` (1 s) when it has none. A backend
+is demoted after ``SLOW_STREAK`` (3) slow samples in a row (a single outlier,
+a 2 % tail, never demotes; a backend that stays slow does, within three
+answers), and at once on a read timeout (the caller's whole read timeout
+went by: a hung API is demoted after its first one). A request abandoned
+because a hedge to another backend won counts as one slow sample. Only a
+backend with somewhere better to go is demoted (another backend that is
+available and not demoted).
+
+A demoted backend is ranked after every available backend that is not
+demoted (:func:`ranked_plan`), whatever its health probes say: a passing
+probe does not undo a demotion. Its cool-down::
+
+    cool_down = min(DEMOTE_CAP, DEMOTE_BASE * 2 ** (demotion_level - 1))
+
+5 s, 10 s, 20 s ... capped at 5 minutes. Once over, the next request that
+would go to it first is its *trial* (one request per process at a time): a
+slow answer (or a read timeout) demotes it again for a doubled cool-down; an
+answer within the bound takes it back (the demotion fields clear). Demotion
+is a health record like any other, shared through the state file and the
+store; the latency samples are not (a State write per request would cost
+every request a lock and a write): only a demotion and its end are written.
+
+Slow start (``slow_start`` seconds, the window; 0 turns it off). When a
+backend is taken back (failback from a probe, or the end of a demotion) its
+``recovered_at`` is recorded, and for ``window`` seconds (times a per-process
+jitter) a request goes to it first only with probability::
+
+    share = SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * elapsed / window   # 10 % -> 100 %
+
+else to the next available backend first (:func:`slow_start_share`), so a
+fleet sharing one store moves its load back gradually, not in one instant.
 """
 
 from __future__ import annotations
@@ -35,6 +76,17 @@ STABLE_AFTER = 60.0
 #: Seconds between a recovering backend's healthy probes (until it is taken back).
 CONFIRM_AFTER = 1.0
 
+#: Latency-aware demotion (see the module docstring).
+EWMA_ALPHA = 0.3
+DEMOTE_RATIO = 4.0
+DEMOTE_MARGIN = 0.25  # seconds
+DEMOTE_ABSOLUTE = 1.0  # seconds: the bound when no other backend has samples
+SLOW_STREAK = 3
+DEMOTE_BASE = 5.0
+DEMOTE_CAP = 300.0
+#: Slow start: the share of requests a just-recovered backend gets first.
+SLOW_START_FLOOR = 0.1
+
 
 @dataclass(frozen=True)
 class Health:
@@ -50,6 +102,10 @@ class Health:
     successes: int = 0  # consecutive healthy probes or answers since the last failure
     failed_at: float = 0.0  # unix time of the last failure
     probed_at: float = 0.0  # unix time of the last probe result
+    demoted_until: float = 0.0  # slow: ranked last until then, then on trial (see demotion_reason)
+    demotion_level: int = 0  # demotions in a row: the cool-down exponent
+    demotion_reason: Optional[str] = None  # why it is demoted; None: not demoted
+    recovered_at: float = 0.0  # unix time it was last taken back: slow start counts from it
 
     def available(self, now: float) -> bool:
         return now >= self.down_until and now >= self.hold_until
@@ -57,6 +113,10 @@ class Health:
     def eligible(self, threshold: int) -> bool:
         """Healthy and trusted: never failed since it was stable, or confirmed ``threshold`` times."""
         return self.healthy is True and (self.level == 0 or self.successes >= threshold)
+
+    def demoted(self) -> bool:
+        """Demoted for slowness: cooling down, or (cool-down over) waiting for its trial."""
+        return self.demotion_reason is not None
 
 
 _UNKNOWN = Health()
@@ -183,6 +243,13 @@ def mark_succeeded(state: State, url: str, now: float) -> State:
 def apply_probes(
     state: State, results: Iterable[ProbeResult], now: float, *, select: bool, threshold: int = 2
 ) -> State:
+    """Record probe results and choose (:func:`_apply_probes`); a backend taken back starts its slow start."""
+    return _note_failback(state, _apply_probes(state, results, now, select=select, threshold=threshold), now)
+
+
+def _apply_probes(
+    state: State, results: Iterable[ProbeResult], now: float, *, select: bool, threshold: int = 2
+) -> State:
     """Record probe results and choose.
 
     With ``select`` (a full probe round) the first *eligible* backend in
@@ -261,3 +328,95 @@ def select_from_probes(
         if result.healthy:
             return url
     return None
+
+
+# -- latency-aware demotion and slow start (see the module docstring) ---------------
+
+
+def _note_failback(before: State, after: State, now: float) -> State:
+    """``after``, with ``recovered_at`` set if its selection moved to a backend of higher priority."""
+    current = after.current()
+    if after.backends.index(current) >= before.backends.index(before.current()):
+        return after
+    return _replace(after, current, dataclasses.replace(after.record(current), recovered_at=now))
+
+
+def ewma(previous: Optional[float], sample: float) -> float:
+    """The latency average after one more sample (the first sample starts it)."""
+    return sample if previous is None else previous + EWMA_ALPHA * (sample - previous)
+
+
+def slow_bound(best: Optional[float]) -> float:
+    """Seconds above which an answer is slow, given the best other backend's EWMA (None: no samples)."""
+    if best is None:
+        return DEMOTE_ABSOLUTE
+    return max(DEMOTE_RATIO * best, best + DEMOTE_MARGIN)
+
+
+def cool_down(level: int) -> float:
+    """Seconds a backend stays demoted after its ``level``-th demotion in a row."""
+    return min(DEMOTE_CAP, DEMOTE_BASE * 2.0 ** (min(max(level, 1), 64) - 1))
+
+
+def can_demote(state: State, url: str, now: float) -> bool:
+    """Whether demoting ``url`` would move requests anywhere: another backend is available and not demoted."""
+    return any(u != url and state.record(u).available(now) and not state.record(u).demoted() for u in state.backends)
+
+
+def demote(state: State, url: str, reason: str, now: float) -> State:
+    """``url`` is slow: ranked last for the next cool-down (doubled if it was demoted already)."""
+    old = state.record(url)
+    if old.demoted() and now < old.demoted_until:
+        return state  # already cooling down (another thread's or process's verdict came first)
+    level = min(old.demotion_level + 1, 64) if old.demoted() else 1
+    health = dataclasses.replace(
+        old, demoted_until=now + cool_down(level), demotion_level=level, demotion_reason=reason[:300]
+    )
+    return _replace(state, url, health)
+
+
+def restore(state: State, url: str, now: float) -> State:
+    """``url`` answered fast on its trial: trusted again, from now on its slow start."""
+    old = state.record(url)
+    if not old.demoted():
+        return state
+    health = dataclasses.replace(old, demoted_until=0.0, demotion_level=0, demotion_reason=None, recovered_at=now)
+    return _replace(state, url, health)
+
+
+def trial_due(state: State, now: float) -> Optional[str]:
+    """The demoted backend whose cool-down is over and that would get requests first, or None."""
+    first = state.current()  # what plan() puts first when nothing is demoted
+    health = state.record(first)
+    return first if health.demoted() and now >= health.demoted_until else None
+
+
+def ranked_plan(state: State, now: float, trial: Optional[str] = None) -> List[str]:
+    """:func:`plan`, with demoted backends (but ``trial``) after every available one that is not demoted.
+
+    The order among backends of one rank stays :func:`plan`'s; when every
+    backend is demoted, nothing moves (a backend is always returned).
+    """
+    order = plan(state, now)
+
+    def rank(position: int) -> int:
+        url = order[position]
+        health = state.record(url)
+        if health.demoted() and url != trial:
+            return 1
+        return 0 if position == 0 or health.available(now) else 2
+
+    ranks = [rank(i) for i in range(len(order))]
+    if 1 not in ranks:
+        return order
+    return [order[i] for i in sorted(range(len(order)), key=lambda i: ranks[i])]
+
+
+def slow_start_share(health: Health, now: float, window: float) -> Optional[float]:
+    """The share of requests a just-recovered backend gets first (None: not in slow start)."""
+    if window <= 0 or health.recovered_at <= 0:
+        return None
+    elapsed = max(0.0, now - health.recovered_at)
+    if elapsed >= window:
+        return None
+    return SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * elapsed / window

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import random
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypedDict, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, TypedDict, Union
 
 from . import _pool, _runtime
 from ._background import WORKER
@@ -22,12 +24,19 @@ from ._fleet import SharedStore, StoreStatus, resolve
 from ._health import Sender, lacks_health_endpoint, probe, probe_all
 from ._pool import ProbeResult, State
 from ._state import FileStore, MemoryStore, Update, claim_is_void, open_store, owner_token
-from .events import ProbeEvent, SwitchEvent, emit
+from .events import DemotionEvent, ProbeEvent, SwitchEvent, emit
 
 log = logging.getLogger("requests_failover")
 
 #: Probes race after this many hedge delays (their answer, not just their connect, is awaited).
 PROBE_RACE_FACTOR = 4.0
+
+#: ``record_slow`` reasons: a read timeout demotes at once; a request abandoned
+#: because a hedge to another backend answered first is one slow sample.
+SLOW_READ_TIMEOUT = "read timeout"
+SLOW_HEDGE_LOST = "hedge lost"
+#: Seconds after which a trial of a demoted backend that never reported is given up (another one starts).
+TRIAL_TIMEOUT = 60.0
 
 
 class BackendStatus(TypedDict):
@@ -43,6 +52,9 @@ class BackendStatus(TypedDict):
     # False: no health path exists (every one answered 404/405), so its base URL judges it;
     # True: a health path answered; None: not probed by this process yet
     health_endpoint: Optional[bool]
+    demoted_until: Optional[float]  # unix time its cool-down ends (past: its trial is due); None: not demoted
+    demotion_reason: Optional[str]  # why it is demoted (slow answers, a read timeout); None: not demoted
+    slow_start_share: Optional[float]  # share of requests it gets first while ramping up; None: not ramping
 
 
 class Status(TypedDict):
@@ -75,7 +87,8 @@ class Selection:
         loaded = self._store.load(self._backends, self._clock())
         self._state: State = loaded or State(self._backends)
         self._persisted = self._state  # what the store holds, as far as we know
-        self._plan_cache: Optional[Tuple[State, float, List[Backend]]] = None
+        self._plan_cache: Optional[_Plan] = None
+        self._speed = _Speed(self._backends)
         self._closed = False
         self._probe_kwargs: Mapping[str, Any] = {}
         self._endpoints: Dict[str, bool] = {}  # url -> whether its last probe here found a health path
@@ -118,16 +131,46 @@ class Selection:
         return current
 
     def plan(self) -> List[Backend]:
-        """The order of backends for one request (cached until the state or the time it depends on changes)."""
+        """The order of backends for one request (cached until the state or the time it depends on changes).
+
+        Demoted backends come after the others (:func:`._pool.ranked_plan`),
+        but for one trial request per process once a cool-down is over; while
+        the first backend is in its slow start, it comes first only for its
+        share of requests (one random draw per request).
+        """
         state, now = self._state, self._clock()
         cached = self._plan_cache
-        if cached is not None and cached[0] is state and now < cached[1]:
-            return cached[2]
-        order = [self._by_url[url] for url in _pool.plan(state, now)]
-        # the plan depends on time only through the down/hold times still ahead
-        ahead = [t for h in state.health.values() for t in (h.down_until, h.hold_until) if t > now]
-        self._plan_cache = (state, min(ahead, default=float("inf")), order)
-        return order
+        if cached is None or cached.state is not state or now >= cached.until:
+            cached = self._plan_for(state, now)
+        if cached.other is not None:
+            share = _pool.slow_start_share(cached.ramping, now, cached.window)
+            if share is not None and self._speed.dice().random() >= share:
+                return cached.other
+        return cached.order
+
+    def _plan_for(self, state: State, now: float) -> _Plan:
+        """Compute the plan of ``state`` at ``now``; cache it unless a trial is due (a per-request choice)."""
+        options = self._options
+        trial: Optional[str] = None
+        due = _pool.trial_due(state, now) if options.demote_slow else None
+        if due is not None and self._speed.claim_trial(due, state.record(due).demoted_until, now):
+            trial = due
+        urls = _pool.ranked_plan(state, now, trial) if options.demote_slow else _pool.plan(state, now)
+        order = [self._by_url[url] for url in urls]
+        # the plan depends on time only through the down/hold/cool-down times still ahead
+        ahead = [t for h in state.health.values() for t in (h.down_until, h.hold_until, h.demoted_until) if t > now]
+        first = state.record(urls[0])
+        window = options.slow_start * self._speed.dice_jitter()
+        other: Optional[List[Backend]] = None
+        if trial is None and len(urls) > 1 and _pool.slow_start_share(first, now, window) is not None:
+            second = state.record(urls[1])
+            if second.available(now) and not (options.demote_slow and second.demoted()):
+                other = [order[1], order[0], *order[2:]]
+                ahead.append(first.recovered_at + window)
+        plan = _Plan(state, min(ahead, default=float("inf")), order, other, first, window)
+        if due is None:
+            self._plan_cache = plan
+        return plan
 
     # -- freshness: the request path never waits for a probe once anything is known ----
     def ensure_fresh(self, send_kwargs: Mapping[str, Any]) -> None:
@@ -332,7 +375,14 @@ class Selection:
             error,
         )
 
-    def record_success(self, backend: Backend) -> None:
+    def record_success(self, backend: Backend, latency: Optional[float] = None) -> None:
+        """``backend`` answered, ``latency`` seconds after the request was sent (None: not measured).
+
+        The latency feeds this process's demotion rule (:mod:`._pool`): a
+        few float operations, no lock, no write unless a demotion begins or ends.
+        """
+        if latency is not None and self._options.demote_slow:
+            self._observe_latency(backend.url, latency, None)
         state = self._state
         if backend.url == state.current():
             health = state.health.get(backend.url)
@@ -341,6 +391,68 @@ class Selection:
         if _pool.mark_succeeded(state, backend.url, self._clock()) is state:
             return  # the common case: nothing changed, nothing written
         self._update(lambda s: _pool.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
+
+    def record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
+        """``backend`` was given up on after ``seconds``: a lower bound of a latency never seen.
+
+        ``reason`` :data:`SLOW_READ_TIMEOUT` demotes at once (the caller's
+        whole read timeout went by); :data:`SLOW_HEDGE_LOST` (a hedge to
+        another backend answered first) counts as one slow answer; any other
+        reason is taken as a timeout.
+        """
+        if self._options.demote_slow:
+            self._observe_latency(backend.url, seconds, reason)
+
+    def _observe_latency(self, url: str, seconds: float, slow: Optional[str]) -> None:
+        """One latency sample of ``url`` (``slow``: a record_slow reason); demote or restore it if due."""
+        stats = self._speed.latency[url]
+        best = min((s.ewma for u, s in self._speed.latency.items() if u != url and s.ewma is not None), default=None)
+        bound = _pool.slow_bound(best)
+        is_slow = slow is not None or seconds > bound
+        stats.ewma = _pool.ewma(stats.ewma, seconds)
+        stats.streak = stats.streak + 1 if is_slow else 0
+        health = self._state.record(url)
+        now = self._clock()
+        if slow is not None and slow != SLOW_HEDGE_LOST:
+            why = f"{slow} after {seconds:.1f} s"
+        else:
+            why = f"{stats.streak} slow answers in a row ({seconds * 1000:.0f} ms, bound {bound * 1000:.0f} ms)"
+        if health.demoted():
+            if now < health.demoted_until:
+                return  # cooling down: a sample from a fallback request, not a trial
+            self._speed.trials.pop(url, None)
+            if is_slow:
+                self._demote(url, f"slow on trial: {why}", now)
+            else:
+                stats.ewma, stats.streak = seconds, 0  # a fresh start: the slow samples are history
+                self._restore(url, f"answered in {seconds * 1000:.0f} ms on trial (bound {bound * 1000:.0f} ms)", now)
+            return
+        if is_slow and (stats.streak >= _pool.SLOW_STREAK or (slow is not None and slow != SLOW_HEDGE_LOST)):
+            self._demote(url, why, now)
+
+    def _demote(self, url: str, why: str, now: float) -> None:
+        def demote(s: State) -> State:
+            return _pool.demote(s, url, why, now) if _pool.can_demote(s, url, now) else s
+
+        after = demote(self._state).record(url)
+        if after is self._state.record(url):
+            return  # already demoted, or nowhere better to go
+        cool = after.demoted_until - now
+        log.warning("backend %s demoted for %.0f s: %s", url, cool, why)
+        self._update(demote, f"{url} demoted: {why}")
+        self._speed.latency[url].streak = 0
+        self._emit(DemotionEvent(url, True, why, after.demoted_until, after.demotion_level, now))
+
+    def _restore(self, url: str, why: str, now: float) -> None:
+        if not self._state.record(url).demoted():
+            return
+        log.info("backend %s trusted again: %s", url, why)
+        self._update(lambda s: _pool.restore(s, url, now), f"{url} trusted again: {why}")
+        self._emit(DemotionEvent(url, False, why, None, 0, now))
+
+    def _emit(self, event: DemotionEvent) -> None:
+        if self._options.observers:
+            emit(self._options.observers, event)
 
     def clear(self) -> None:
         self._update_now(lambda s: State(s.backends), "cache cleared")
@@ -446,9 +558,11 @@ class Selection:
         now = self._clock()
         due = _pool.probes_due(state, now, self._options.healthy_threshold)
         stale_at = state.checked_at + self._options.cache_ttl if state.checked_at is not None else None
+        window = self._options.slow_start * self._speed.dice_jitter()
         backends: List[BackendStatus] = []
         for url in self._backends:
             health = state.record(url)
+            demoted = health.demoted() and self._options.demote_slow
             backends.append(
                 {
                     "url": url,
@@ -459,6 +573,9 @@ class Selection:
                     "down_until": health.down_until if health.down_until > now else None,
                     "next_probe_at": due.get(url, stale_at),
                     "health_endpoint": self._endpoints.get(url),
+                    "demoted_until": health.demoted_until if demoted else None,
+                    "demotion_reason": health.demotion_reason if demoted else None,
+                    "slow_start_share": _pool.slow_start_share(health, now, window),
                 }
             )
         return {
@@ -477,3 +594,68 @@ def _apply(updates: Iterable[Update], state: State) -> State:
     for update in updates:
         state = update(state)
     return state
+
+
+class _Latency:
+    """One backend's answers as this process saw them (memory only: see :mod:`._pool`)."""
+
+    __slots__ = ("ewma", "streak")
+
+    def __init__(self) -> None:
+        self.ewma: Optional[float] = None  # seconds
+        self.streak = 0  # slow samples in a row
+
+
+class _Speed:
+    """This process's latency books: samples per backend, trials in flight, slow-start dice.
+
+    Per process on purpose: after ``fork()`` the child draws its own jitter
+    and random sequence (a fleet of forked workers must not ramp in step) and
+    forgets the parent's trials.
+    """
+
+    def __init__(self, backends: Tuple[str, ...]) -> None:
+        self.latency: Dict[str, _Latency] = {url: _Latency() for url in backends}
+        self._pid = -1
+        self._random = random.Random()
+        self._jitter = 1.0
+        self._lock = threading.Lock()
+        self.trials: Dict[str, Tuple[float, float]] = {}  # url -> (its demoted_until, when our trial began)
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            self._random = random.Random()  # seeded from os.urandom
+            self._jitter = self._random.uniform(0.8, 1.2)
+            self._lock = threading.Lock()
+            self.trials = {}
+            self._pid = os.getpid()
+
+    def dice(self) -> random.Random:
+        self._check_process()
+        return self._random
+
+    def dice_jitter(self) -> float:
+        """This process's slow-start jitter: the window times uniform(0.8, 1.2)."""
+        self._check_process()
+        return self._jitter
+
+    def claim_trial(self, url: str, cooled_at: float, now: float) -> bool:
+        """Whether this request is ``url``'s trial: none of ours is in flight for this cool-down."""
+        self._check_process()
+        with self._lock:
+            claim = self.trials.get(url)
+            if claim is not None and claim[0] == cooled_at and now - claim[1] < TRIAL_TIMEOUT:
+                return False
+            self.trials[url] = (cooled_at, now)
+            return True
+
+
+class _Plan(NamedTuple):
+    """A computed plan, valid for ``state`` until ``until`` (unix time)."""
+
+    state: State
+    until: float
+    order: List[Backend]
+    other: Optional[List[Backend]]  # slow start: the order when the ramping first backend is not chosen
+    ramping: _pool.Health  # the first backend's record (its recovered_at)
+    window: float  # seconds of this process's slow start

@@ -33,7 +33,8 @@ Format, version 1::
      "health": {"https://a.example": {"healthy": true, "consecutive_failures": 0,
                 "down_until": 0.0, "hold_until": 0.0, "last_latency_ms": 1.2,
                 "last_error": null, "level": 0, "successes": 3, "failed_at": 0.0,
-                "probed_at": 1700000000.0}}}
+                "probed_at": 1700000000.0, "demoted_until": 0.0, "demotion_level": 0,
+                "demotion_reason": null, "recovered_at": 0.0}}}
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 from filelock import FileLock, Timeout
 
 from . import _runtime
-from ._pool import DOWN_CAP, RETRY_AFTER_CAP, Health, State
+from ._pool import DEMOTE_CAP, DOWN_CAP, RETRY_AFTER_CAP, Health, State
 
 log = logging.getLogger("requests_failover")
 
@@ -201,8 +202,11 @@ def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> Stat
             raise ValueError("bad consecutive_failures")
         if error is not None and not isinstance(error, str):
             raise ValueError("bad last_error")
+        reason = record.get("demotion_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("bad demotion_reason")
         counts = {}
-        for name in ("level", "successes"):
+        for name in ("level", "successes", "demotion_level"):
             count = record.get(name, 0)
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 20:
                 raise ValueError(f"bad {name}")
@@ -218,6 +222,10 @@ def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> Stat
             successes=counts["successes"],
             failed_at=min(_finite(record.get("failed_at", 0.0)) or 0.0, horizon),
             probed_at=min(_finite(record.get("probed_at", 0.0)) or 0.0, horizon),
+            demoted_until=min(_finite(record.get("demoted_until", 0.0)) or 0.0, now + DEMOTE_CAP),
+            demotion_level=min(counts["demotion_level"], 64),
+            demotion_reason=None if reason is None else reason[:300],
+            recovered_at=min(_finite(record.get("recovered_at", 0.0)) or 0.0, now),
         )
     probing_by = document.get("probing_by")
     if probing_by is not None and (not isinstance(probing_by, str) or len(probing_by) > 300):

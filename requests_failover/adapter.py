@@ -23,6 +23,7 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 from . import _runtime
 from ._config import (
     DEFAULT_CACHE_TTL,
+    DEFAULT_DEMOTE_SLOW,
     DEFAULT_HEALTH_PATHS,
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD,
@@ -31,6 +32,7 @@ from ._config import (
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
     DEFAULT_RETRY_DELAY,
+    DEFAULT_SLOW_START,
     DEFAULT_TIMEOUT,
     Backend,
     Options,
@@ -39,7 +41,7 @@ from ._config import (
 from ._health import describe_error
 from ._hedge import ConnectTimes, Race, has_idle_connection
 from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
-from ._selection import Selection, Status
+from ._selection import SLOW_READ_TIMEOUT, Selection, Status
 from .events import AttemptEvent, Observer, SwitchEvent, emit
 from .exceptions import AllBackendsFailed, all_failed_type
 from .store import StateStore
@@ -102,6 +104,13 @@ class FailoverAdapter(HTTPAdapter):
         :class:`~requests_failover.RedisStore`. None: the environment's
         ``REQUESTS_FAILOVER_STATE_URL``, else the state file alone.
     :param pool_connections, pool_maxsize, pool_block: as for ``HTTPAdapter``.
+    :param slow_start: seconds over which a backend taken back (failback, or
+        the end of a demotion) ramps from 10 % of the requests to all of them,
+        jittered per process; 0 takes it back at once.
+    :param demote_slow: rank a backend whose answers stay far slower than the
+        others' (or that hit a read timeout) after them, even while its
+        health probes pass, for a cool-down of 5 s doubling to 5 min; False
+        turns latency-aware demotion off.
     """
 
     __attrs__ = [*HTTPAdapter.__attrs__, "_options", "_transport", "trust_env"]
@@ -134,6 +143,8 @@ class FailoverAdapter(HTTPAdapter):
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
+        slow_start: float = DEFAULT_SLOW_START,
+        demote_slow: bool = DEFAULT_DEMOTE_SLOW,
     ) -> None:
         options = build_options(
             backends,
@@ -152,6 +163,8 @@ class FailoverAdapter(HTTPAdapter):
             health_headers=health_headers,
             observers=observers,
             state_store=state_store,
+            slow_start=slow_start,
+            demote_slow=demote_slow,
         )
         if transport is not None and not callable(getattr(transport, "send", None)):
             raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
@@ -504,6 +517,7 @@ class FailoverAdapter(HTTPAdapter):
                     errors.append((backend, exc))
                     if isinstance(exc, requests.exceptions.ReadTimeout):
                         no_repeat.add(backend.url)
+                        self._selection.record_slow(backend, time.monotonic() - sent_at, SLOW_READ_TIMEOUT)
                     if last_response is not None:
                         last_response.close()
                         last_response = None
@@ -522,7 +536,7 @@ class FailoverAdapter(HTTPAdapter):
                     if last_response is not None:
                         last_response.close()  # an earlier 5xx: give its connection back
                     self._budget.succeeded()
-                    self._selection.record_success(backend)
+                    self._selection.record_success(backend, latency=time.monotonic() - sent_at)
                     return response
                 error = f"HTTP {response.status_code}"
                 if last_response is not None:

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 
 log = logging.getLogger("requests_failover")
 
-__all__ = ["AttemptEvent", "Event", "Observer", "ProbeEvent", "SwitchEvent"]
+__all__ = ["AttemptEvent", "DemotionEvent", "Event", "Observer", "ProbeEvent", "SwitchEvent"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ProbeEvent:
     at: float
 
 
-Event = Union[SwitchEvent, AttemptEvent, ProbeEvent]
+Event = Union[SwitchEvent, AttemptEvent, ProbeEvent, "DemotionEvent"]
 #: A callable receiving every event.
 Observer = Callable[[Event], None]
 
@@ -105,3 +105,29 @@ def emit(observers: Sequence[Observer], event: Event) -> None:
             observer(event)
         except Exception:
             log.exception("observer %r raised on %s", observer, type(event).__name__)
+
+
+# -- latency-aware demotion ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemotionEvent:
+    """A backend was demoted for being slow, or trusted again after its trial.
+
+    ``demoted`` is true when this process demoted ``backend`` (its answers
+    stayed far slower than the others', or a read timeout; again after a slow
+    trial, for a doubled cool-down), false when its trial answered fast and it
+    is trusted again. ``reason`` says why (for example ``"read timeout after
+    5.0 s"`` or ``"3 slow answers in a row (2004 ms > 1000 ms)"``);
+    ``until`` is the unix time its cool-down ends (None when trusted again),
+    after which one request tries it; ``level`` counts demotions in a row
+    (the cool-down is 5 s x 2 ** (level - 1), capped at 300 s); ``at`` is
+    unix time.
+    """
+
+    backend: str
+    demoted: bool
+    reason: str
+    until: Optional[float]
+    level: int
+    at: float

@@ -64,8 +64,10 @@ class _Gauges:
                 down = event.outcome != "success" or (event.status_code or 0) in (500, 502, 503, 504)
                 if not down and self.active is None and not event.failover:
                     self.active = active = event.backend
-            else:
+            elif isinstance(event, ProbeEvent):
                 down = not event.healthy
+            else:  # a DemotionEvent: a demoted backend is slow, not down
+                return None, None
             changed = self.down.get(event.backend) != down
             self.down[event.backend] = down
             return active, ((event.backend, down) if changed else None)

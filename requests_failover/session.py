@@ -14,6 +14,7 @@ from requests.structures import CaseInsensitiveDict
 
 from ._config import (
     DEFAULT_CACHE_TTL,
+    DEFAULT_DEMOTE_SLOW,
     DEFAULT_HEALTH_PATHS,
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD,
@@ -22,6 +23,7 @@ from ._config import (
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
     DEFAULT_RETRY_DELAY,
+    DEFAULT_SLOW_START,
     DEFAULT_TIMEOUT,
 )
 from ._environment import Environment
@@ -85,6 +87,8 @@ class FailoverSession(requests.Session):
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         pool_block: bool = False,
+        slow_start: float = DEFAULT_SLOW_START,
+        demote_slow: bool = DEFAULT_DEMOTE_SLOW,
     ) -> None:
         adapter = FailoverAdapter(
             backends,
@@ -107,6 +111,8 @@ class FailoverSession(requests.Session):
             pool_connections=pool_connections,
             pool_maxsize=pool_maxsize,
             pool_block=pool_block,
+            slow_start=slow_start,
+            demote_slow=demote_slow,
         )
         super().__init__()  # mounts requests' own adapters, replaced below
         #: The adapter that handles every request to a backend.
