@@ -47,7 +47,7 @@ def test_no_request_waits_for_a_probe_of_a_black_holed_primary(make_session: Mak
 
 
 def test_failback_needs_healthy_threshold_consecutive_probes(make_session: Make, primary, secondary, clock, events):
-    session = make_session([primary.url, secondary.url])
+    session = make_session([primary.url, secondary.url], slow_start=0)  # a step failback (test_gray ramps)
     fail_primary(session, primary, secondary)
     primary.set("up")
     probes = len(primary.probes)
@@ -78,7 +78,8 @@ def test_healthy_threshold_is_an_option(make_session: Make, primary, secondary, 
 
 
 def test_a_flapping_primary_waits_longer_each_time(make_session: Make, primary, secondary, clock):
-    session = make_session([primary.url, secondary.url])
+    # a step failback: every request goes to the primary, so each flap is met at once (test_gray ramps)
+    session = make_session([primary.url, secondary.url], slow_start=0)
     session.get(primary.url + "/warm")
     waits: List[int] = []
     for _ in range(4):

@@ -571,7 +571,9 @@ def test_a_session_with_a_store_pickles_for_a_child_process(primary, secondary, 
 def test_the_fleet_takes_a_recovered_primary_back(primary, secondary, valkey, workers, tmp_path):
     backends = [primary.url, secondary.url]
     machines = [
-        Worker(backends, name, state_file=str(tmp_path / f"{name}.json"), state_store=valkey.url) for name in "AB"
+        # slow_start=0: a step failback, so the first request after it goes to the primary (test_gray ramps)
+        Worker(backends, name, state_file=str(tmp_path / f"{name}.json"), state_store=valkey.url, slow_start=0)
+        for name in "AB"
     ]
     workers += machines
     for machine in machines:
