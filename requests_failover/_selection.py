@@ -404,14 +404,26 @@ class Selection:
             self._observe_latency(backend.url, seconds, reason)
 
     def _observe_latency(self, url: str, seconds: float, slow: Optional[str]) -> None:
-        """One latency sample of ``url`` (``slow``: a record_slow reason); demote or restore it if due."""
-        stats = self._speed.latency[url]
-        best = min((s.ewma for u, s in self._speed.latency.items() if u != url and s.ewma is not None), default=None)
+        """One latency sample of ``url`` (``slow``: a record_slow reason); demote or restore it if due.
+
+        The common case (a fast answer of a backend that is not demoted) reads
+        a few attributes and writes two, without a lock: two threads racing
+        here may lose one sample, which moves an average, never a decision.
+        """
+        books = self._speed.latency
+        stats = books[url]
+        best: Optional[float] = None
+        for other, other_stats in books.items():
+            average = other_stats.ewma
+            if other != url and average is not None and (best is None or average < best):
+                best = average
         bound = _pool.slow_bound(best)
         is_slow = slow is not None or seconds > bound
         stats.ewma = _pool.ewma(stats.ewma, seconds)
         stats.streak = stats.streak + 1 if is_slow else 0
         health = self._state.record(url)
+        if not is_slow and not health.demoted():
+            return  # the hot path
         now = self._clock()
         if slow is not None and slow != SLOW_HEDGE_LOST:
             why = f"{slow} after {seconds:.1f} s"
@@ -427,7 +439,7 @@ class Selection:
                 stats.ewma, stats.streak = seconds, 0  # a fresh start: the slow samples are history
                 self._restore(url, f"answered in {seconds * 1000:.0f} ms on trial (bound {bound * 1000:.0f} ms)", now)
             return
-        if is_slow and (stats.streak >= _pool.SLOW_STREAK or (slow is not None and slow != SLOW_HEDGE_LOST)):
+        if stats.streak >= _pool.SLOW_STREAK or (slow is not None and slow != SLOW_HEDGE_LOST):
             self._demote(url, why, now)
 
     def _demote(self, url: str, why: str, now: float) -> None:

@@ -224,3 +224,124 @@ def test_error_descriptions_keep_the_message_not_the_connection_object():
     assert text == "ConnectTimeout (ConnectTimeoutError: slow)"
     assert describe_error(refused()) == "ConnectionError (NewConnectionError: refused)"
     assert describe_error(requests.exceptions.ReadTimeout("x")) == "ReadTimeout (x)"
+
+
+# -- latency-aware demotion and slow start (the rules in _pool's docstring) ----------------------------
+
+BOUNDS = [
+    # the best other backend's EWMA (s), the bound (s): 4 x it, at least 0.25 s more, 1 s with no samples
+    (None, 1.0),
+    (0.0, 0.25),
+    (0.002, 0.252),
+    (0.05, 0.3),
+    (0.1, 0.4),
+    (0.5, 2.0),
+    (2.0, 8.0),
+]
+
+
+@pytest.mark.parametrize(("best", "bound"), BOUNDS)
+def test_slow_bound(best, bound):
+    assert pool.slow_bound(best) == pytest.approx(bound)
+
+
+def test_ewma_starts_at_the_first_sample_and_moves_by_alpha():
+    assert pool.ewma(None, 2.0) == 2.0
+    assert pool.ewma(1.0, 2.0) == pytest.approx(1.0 + pool.EWMA_ALPHA)
+
+
+@pytest.mark.parametrize(("level", "seconds"), [(1, 5), (2, 10), (3, 20), (6, 160), (7, 300), (64, 300), (10**6, 300)])
+def test_cool_downs_double_up_to_five_minutes(level, seconds):
+    assert pool.cool_down(level) == seconds
+
+
+HEALTHY = pool.apply_probes(
+    pool.State((A, B)), [pool.ProbeResult(A, True), pool.ProbeResult(B, True)], now=0, select=True
+)
+
+
+def test_demotion_ranks_a_backend_after_the_available_ones_until_its_trial():
+    state = pool.demote(HEALTHY, A, "slow", now=100)
+    assert state.record(A).demoted_until == 105 and state.record(A).demotion_level == 1
+    assert state.current() == A, "demotion ranks; the selection stays"
+    assert pool.ranked_plan(state, now=100) == [B, A]
+    assert pool.trial_due(state, now=104.9) is None
+    assert pool.trial_due(state, now=105) == A
+    assert pool.ranked_plan(state, now=105) == [B, A], "still demoted until its trial answers"
+    assert pool.ranked_plan(state, now=105, trial=A) == [A, B]
+
+
+def test_a_passing_probe_leaves_the_demotion():
+    state = pool.demote(HEALTHY, A, "slow", now=100)
+    state = pool.apply_probes(state, [pool.ProbeResult(A, True), pool.ProbeResult(B, True)], now=101, select=True)
+    assert state.record(A).demotion_reason == "slow"
+    assert pool.ranked_plan(state, now=101) == [B, A]
+
+
+def test_demoting_again_after_a_slow_trial_doubles_the_cool_down_and_a_fast_one_restores():
+    state = pool.demote(HEALTHY, A, "slow", now=100)
+    assert pool.demote(state, A, "slower", now=101) is state, "already cooling down: no change"
+    state = pool.demote(state, A, "slow on trial", now=105)
+    assert (state.record(A).demoted_until, state.record(A).demotion_level) == (115, 2)
+    state = pool.restore(state, A, now=115)
+    health = state.record(A)
+    assert (health.demoted_until, health.demotion_level, health.demotion_reason) == (0, 0, None)
+    assert health.recovered_at == 115
+    assert pool.ranked_plan(state, now=115) == [A, B]
+    assert pool.restore(state, A, now=116) is state
+
+
+def test_nothing_is_demoted_without_somewhere_better_to_go():
+    state = pool.mark_failed(HEALTHY, B, "refused", now=100)
+    assert not pool.can_demote(state, A, now=100)
+    assert pool.can_demote(HEALTHY, A, now=100)
+    both = pool.demote(HEALTHY, B, "slow", now=100)
+    assert not pool.can_demote(both, A, now=100)
+
+
+def test_a_demoted_backend_still_comes_before_one_that_is_down():
+    three = pool.State((A, B, C))
+    three = pool.apply_probes(three, [pool.ProbeResult(u, True) for u in (A, B, C)], now=0, select=True)
+    state = pool.mark_failed(pool.demote(three, A, "slow", now=100), C, "refused", now=100)
+    assert pool.ranked_plan(state, now=100) == [B, A, C]
+    everyone = pool.demote(pool.demote(state, B, "slow", now=100), C, "slow", now=100)
+    assert pool.ranked_plan(everyone, now=100) == pool.plan(everyone, now=100), "all demoted: nothing moves"
+
+
+def test_failback_records_when_the_primary_was_taken_back():
+    state = pool.mark_failed(HEALTHY, A, "refused", now=0)
+    assert state.current() == B
+    state = pool.apply_probes(state, [pool.ProbeResult(A, True)], now=2, select=False, threshold=1)
+    assert state.current() == A
+    assert state.record(A).recovered_at == 2
+    assert HEALTHY.record(A).recovered_at == 0, "the first selection is no failback"
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "share"),
+    [(0, 0.1), (5, 0.325), (10, 0.55), (19.9, 0.9955), (20, None), (300, None), (-3, 0.1)],
+)
+def test_slow_start_share_ramps_from_ten_percent_over_the_window(elapsed, share):
+    health = pool.Health(healthy=True, recovered_at=1000.0)
+    result = pool.slow_start_share(health, now=1000.0 + elapsed, window=20.0)
+    assert result == (None if share is None else pytest.approx(share))
+
+
+def test_slow_start_off_or_never_recovered():
+    assert pool.slow_start_share(pool.Health(recovered_at=1000.0), now=1000.0, window=0.0) is None
+    assert pool.slow_start_share(pool.Health(), now=1000.0, window=20.0) is None
+
+
+def test_demotion_survives_the_state_file_round_trip_and_hostile_values_are_clamped():
+    from requests_failover._state import decode, encode
+
+    state = pool.demote(HEALTHY, A, "slow", now=100)
+    assert decode(encode(state), (A, B), now=100).record(A) == state.record(A)
+    hostile = pool.State(
+        (A, B),
+        health={A: pool.Health(healthy=True, demoted_until=10**12, demotion_reason="x", recovered_at=10**12)},
+    )
+    health = decode(encode(hostile), (A, B), now=100).record(A)
+    assert (health.demoted_until, health.recovered_at) == (100 + pool.DEMOTE_CAP, 100)
+    with pytest.raises(ValueError, match="demotion_reason"):
+        decode(encode(hostile).replace(b'"x"', b"7"), (A, B), now=100)
