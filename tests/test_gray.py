@@ -16,6 +16,7 @@ import pytest
 
 from requests_failover import DemotionEvent, FailoverSession
 from requests_failover import _pool as pool
+from requests_failover._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT
 from requests_failover.testing import Hit, LoopbackBackend, set_testing, settle
 
 from .conftest import Clock, Worker, served_by, wait_until
@@ -232,3 +233,27 @@ def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers
             wait_until(lambda: child.status()["backends"][0]["demoted_until"] is None, "the child trusts it again")
         finally:
             session.close()
+
+
+def test_record_slow_a_lost_hedge_is_one_slow_answer_a_read_timeout_demotes_at_once(
+    make_session: Make, primary, secondary, clock: Clock
+):
+    # the interface the attempt loop calls (hedging reports a request it abandoned for a faster one)
+    session = make_session([primary.url, secondary.url])
+    assert served_by(session.get(primary.url + "/warm")) == "primary"
+    selection = session.failover_adapter._selection
+    backend = selection.plan()[0]
+    for _ in range(pool.SLOW_STREAK - 1):
+        selection.record_slow(backend, 0.05, SLOW_HEDGE_LOST)
+    selection.record_success(backend, latency=0.001)  # a fast answer ends the streak
+    for _ in range(pool.SLOW_STREAK - 1):
+        selection.record_slow(backend, 0.05, SLOW_HEDGE_LOST)
+    assert backend_status(session, primary.url)["demotion_reason"] is None
+    selection.record_slow(backend, 0.05, SLOW_HEDGE_LOST)
+    assert backend_status(session, primary.url)["demotion_reason"].startswith(f"{pool.SLOW_STREAK} slow answers")
+
+    session.clear_cache()
+    assert served_by(session.get(primary.url + "/again")) == "primary"
+    selection.record_slow(backend, 5.0, SLOW_READ_TIMEOUT)
+    status = backend_status(session, primary.url)
+    assert (status["demotion_reason"], status["demoted_until"]) == ("read timeout after 5.0 s", clock.now + 5)
