@@ -82,6 +82,8 @@ DEMOTE_RATIO = 4.0
 DEMOTE_MARGIN = 0.25  # seconds
 DEMOTE_ABSOLUTE = 1.0  # seconds: the bound when no other backend has samples
 SLOW_STREAK = 3
+#: An answer this fast is never slow: every bound is at least this (``max(..., best + DEMOTE_MARGIN)``).
+FAST_ENOUGH = DEMOTE_MARGIN
 DEMOTE_BASE = 5.0
 DEMOTE_CAP = 300.0
 #: Slow start: the share of requests a just-recovered backend gets first.

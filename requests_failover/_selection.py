@@ -412,18 +412,24 @@ class Selection:
         """
         books = self._speed.latency
         stats = books[url]
+        average = stats.ewma
+        if slow is None and seconds <= _pool.FAST_ENOUGH:  # below every bound the rule can compute
+            stats.ewma = seconds if average is None else average + _pool.EWMA_ALPHA * (seconds - average)
+            stats.streak = 0
+            health = self._state.health.get(url)
+            if health is None or health.demotion_reason is None:
+                return  # the hot path
         best: Optional[float] = None
         for other, other_stats in books.items():
-            average = other_stats.ewma
-            if other != url and average is not None and (best is None or average < best):
-                best = average
+            if other != url and other_stats.ewma is not None and (best is None or other_stats.ewma < best):
+                best = other_stats.ewma
         bound = _pool.slow_bound(best)
         is_slow = slow is not None or seconds > bound
-        stats.ewma = _pool.ewma(stats.ewma, seconds)
+        stats.ewma = _pool.ewma(average, seconds)
         stats.streak = stats.streak + 1 if is_slow else 0
         health = self._state.record(url)
         if not is_slow and not health.demoted():
-            return  # the hot path
+            return
         now = self._clock()
         if slow is not None and slow != SLOW_HEDGE_LOST:
             why = f"{slow} after {seconds:.1f} s"
