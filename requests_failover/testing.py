@@ -35,6 +35,20 @@ Public API, for users' test suites (and the library's own):
     ``Retry-After``); ``set(health=503)`` makes only the health paths fail
     while the API answers; ``set(delay=0.5)`` answers slowly.
 
+    Gray failures (``up`` mode; the health paths keep answering at once, so a
+    health check passes while the API is sick):
+
+    ``set(api_delay=2.0)``
+        every API answer (any path but a health path) waits 2 s;
+    ``set(tail=(0.02, 1.0))``
+        2 % of API answers wait 1 s more, evenly spread and deterministic:
+        the n-th API request since the ``set`` (n = 1, 2, ...) is slow iff
+        ``floor(n * share) > floor((n - 1) * share)``, so ``(0.25, x)`` slows
+        exactly requests 4, 8, 12, ...; ``(0, 0)`` clears;
+    ``set(errors=(0.3, 503))``
+        30 % of API answers are a 503 instead, spread the same way (a counter
+        of its own); ``(0, 500)`` clears.
+
 :func:`set_testing`
     the one switch (as ``stamina.set_testing``): backoff waits return at once,
     and the library's clock can be replaced by one the test moves by hand.
@@ -47,11 +61,13 @@ gives ``failover_primary``, ``failover_secondary`` and ``failover_session``.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -76,12 +92,55 @@ class Hit:
 
 
 @dataclass
+class _Spread:
+    """A share of API answers singled out, evenly spread: the n-th is picked iff floor(n*share) grows.
+
+    ``share`` is exact (the decimal the caller wrote, as a Fraction), so
+    ``0.29`` picks 29 of every 100 requests, which float arithmetic would not.
+    """
+
+    share: Fraction
+    value: Union[float, int]  # tail: extra seconds; errors: the status
+    count: int = 0  # API requests seen since the share was set
+
+    def pick(self) -> bool:
+        if not self.share:
+            return False
+        self.count += 1
+        n = self.count
+        return math.floor(n * self.share) > math.floor((n - 1) * self.share)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _is_status(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+
+
+def _spread(name: str, pair: object, valid: Callable[[object], bool], kind: str) -> _Spread:
+    """Validate a ``(share, value)`` argument of ``set``: share 0 to 1, ``valid(value)``."""
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise TypeError(f"{name}: expected a (share, value) tuple, got {type(pair).__name__}")
+    share, value = pair
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"{name}: the share is a number from 0 to 1, got {share!r}")
+    if isinstance(value, bool) or not valid(value):
+        raise ValueError(f"{name}: {kind}, got {value!r}")
+    return _Spread(Fraction(str(share)), value)
+
+
+@dataclass
 class _Behaviour:
     mode: str = "up"
     status: int = 200
     headers: Dict[str, str] = field(default_factory=dict)
     routes: Dict[str, Tuple[int, Dict[str, str]]] = field(default_factory=dict)  # path -> answer
     delay: float = 0.0
+    api_delay: float = 0.0  # non-health paths only
+    tail: _Spread = field(default_factory=lambda: _Spread(Fraction(0), 0.0))
+    errors: _Spread = field(default_factory=lambda: _Spread(Fraction(0), 500))
 
 
 class LoopbackBackend:
@@ -140,6 +199,9 @@ class LoopbackBackend:
         health: Optional[int] = None,
         delay: Optional[float] = None,
         routes: Optional[Dict[str, Union[int, Tuple[int, Dict[str, str]]]]] = None,
+        api_delay: Optional[float] = None,
+        tail: Optional[Tuple[float, float]] = None,
+        errors: Optional[Tuple[float, int]] = None,
     ) -> LoopbackBackend:
         """Change behaviour; takes effect for the next connection or request.
 
@@ -152,15 +214,26 @@ class LoopbackBackend:
         :param delay: seconds to wait before answering (a slow backend).
         :param routes: path (without query) -> status, or (status, headers),
             answered instead for that path.
+        :param api_delay: seconds to wait before every answer to a path that
+            is not a health path (health checks pass, the API is slow).
+        :param tail: ``(share, seconds)``: that share (0 to 1) of API answers
+            wait ``seconds`` more; the n-th API request counted from this call
+            is slow iff ``floor(n * share) > floor((n - 1) * share)``
+            (deterministic, evenly spread). ``(0, 0)`` clears.
+        :param errors: ``(share, status)``: that share of API answers get
+            ``status`` instead, spread the same way with a counter of its own.
+            ``(0, 500)`` clears.
         """
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode: one of {MODES}, got {mode!r}")
         for name, value in (("status", status), ("health", health)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599):
                 raise ValueError(f"{name}: an HTTP status 100-599, got {value!r}")
-        for name, number in (("retry_after", retry_after), ("delay", delay)):
+        for name, number in (("retry_after", retry_after), ("delay", delay), ("api_delay", api_delay)):
             if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0):
                 raise ValueError(f"{name}: a number of seconds >= 0, got {number!r}")
+        tail_spread = None if tail is None else _spread("tail", tail, _is_seconds, "seconds >= 0")
+        errors_spread = None if errors is None else _spread("errors", errors, _is_status, "an HTTP status 100-599")
         with self._lock:
             b = self._behaviour
             if status is not None:
@@ -171,6 +244,12 @@ class LoopbackBackend:
                 b.headers["Retry-After"] = str(int(retry_after))
             if delay is not None:
                 b.delay = float(delay)
+            if api_delay is not None:
+                b.api_delay = float(api_delay)
+            if tail_spread is not None:
+                b.tail = tail_spread
+            if errors_spread is not None:
+                b.errors = errors_spread
             if routes is not None:
                 b.routes = {p: (a, {}) if isinstance(a, int) else (a[0], dict(a[1])) for p, a in routes.items()}
             if health is not None:
@@ -323,7 +402,13 @@ class LoopbackBackend:
             self._hits.append(hit)
             b = self._behaviour
             status, headers = b.routes.get(hit.path.split("?")[0], (b.status, b.headers))
-            return b.mode, status, dict(headers), b.delay
+            delay = b.delay
+            if b.mode == "up" and not self._is_health(hit.path):
+                # counted under the lock: concurrent requests still get exactly one slot each
+                delay += b.api_delay + (float(b.tail.value) if b.tail.pick() else 0.0)
+                if b.errors.pick():
+                    status = int(b.errors.value)
+            return b.mode, status, dict(headers), delay
 
 
 class _Handler(BaseHTTPRequestHandler):

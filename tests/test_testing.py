@@ -5,14 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
 
 from requests_failover import FailoverSession
 from requests_failover.testing import LoopbackBackend, is_testing, set_testing
+
+from .conftest import wait_until
 
 TIMEOUT = (5.0, 10.0)  # generous: a healthy loopback answer takes milliseconds
 
@@ -103,11 +107,95 @@ def test_only_loopback_addresses_are_bound(host):
         ({"health": True}, "health"),
         ({"delay": -1}, "delay"),
         ({"retry_after": "soon"}, "retry_after"),
+        ({"api_delay": -0.1}, "api_delay"),
+        ({"api_delay": True}, "api_delay"),
+        ({"tail": (1.5, 1.0)}, "tail"),
+        ({"tail": (0.1, -1)}, "tail"),
+        ({"tail": ("some", 1.0)}, "tail"),
+        ({"errors": (0.1, 700)}, "errors"),
+        ({"errors": (0.1, 503.0)}, "errors"),
+        ({"errors": (-0.1, 503)}, "errors"),
     ],
 )
 def test_bad_settings_name_the_argument(primary, kwargs, error):
     with pytest.raises(ValueError, match=error):
         primary.set(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"tail": 0.02}, "tail"), ({"errors": [0.3, 503, 1]}, "errors")])
+def test_a_share_that_is_not_a_pair_is_a_type_error(primary, kwargs, name):
+    with pytest.raises(TypeError, match=rf"^{name}: expected a \(share, value\) tuple"):
+        primary.set(**kwargs)
+
+
+# -- gray failures: deterministic, health paths untouched ----------------------------------------
+
+HELD = 600.0  # a slow answer waits this long: far past any test's bound, released by close()
+
+
+class _Pending:
+    """A GET in a thread of its own; ``done`` once answered (or failed)."""
+
+    def __init__(self, url: str) -> None:
+        self.answer: Optional[requests.Response] = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(url,), daemon=True)
+        self.thread.start()
+
+    def _run(self, url: str) -> None:
+        try:
+            self.answer = requests.get(url, timeout=(5, HELD + 60))
+        except requests.exceptions.RequestException:
+            pass
+        finally:
+            self.done.set()
+
+
+def test_tail_slows_exactly_every_nth_api_answer_and_never_a_health_check(primary):
+    # tail=(0.25, x): request n is slow iff floor(n/4) > floor((n-1)/4): exactly 4, 8, 12
+    primary.set(tail=(0.25, HELD))
+    pending = {}
+    for n in range(1, 13):
+        pending[n] = _Pending(f"{primary.url}/api/{n}")
+        wait_until(lambda n=n: len(primary.requests) == n, f"request {n} received")  # n is its place in the count
+        assert requests.get(primary.url + "/health", timeout=TIMEOUT).status_code == 200, "health: at once"
+    wait_until(lambda: sum(p.done.is_set() for p in pending.values()) == 9, "the nine fast answers")
+    assert [n for n, p in pending.items() if not p.done.is_set()] == [4, 8, 12]
+    assert all(pending[n].answer.json()["path"] == f"/api/{n}" for n in pending if n % 4)
+    assert len(primary.probes) == 12, "health checks are not counted as API requests"
+    primary.close()  # releases the held answers unanswered
+    for p in pending.values():
+        p.thread.join(60)
+    assert all(p.done.is_set() for p in pending.values())
+
+
+def test_api_delay_holds_the_api_while_health_checks_answer_at_once(primary):
+    primary.set(api_delay=HELD)
+    held = _Pending(primary.url + "/api/items")
+    wait_until(lambda: len(primary.requests) == 1, "the API request received")
+    for path in primary.health_paths:
+        assert requests.get(primary.url + path, timeout=TIMEOUT).status_code == 200
+    assert not held.done.is_set(), "the API answer is still held after the health checks were answered"
+    primary.set(api_delay=0)
+    assert requests.get(primary.url + "/api/next", timeout=TIMEOUT).json()["path"] == "/api/next"
+    primary.close()
+    held.thread.join(60)
+    assert held.answer is None
+
+
+def test_errors_replace_an_exact_evenly_spread_share_of_api_answers(primary):
+    primary.set(errors=(0.3, 503))
+    statuses = []
+    for n in range(1, 11):
+        statuses.append(requests.get(f"{primary.url}/api/{n}", timeout=TIMEOUT).status_code)
+        assert requests.get(primary.url + "/health", timeout=TIMEOUT).status_code == 200
+    # floor(0.3 n) grows at n = 4 (1.2), 7 (2.1), 10 (3.0)
+    assert [n for n, status in enumerate(statuses, 1) if status == 503] == [4, 7, 10]
+    assert set(statuses) == {200, 503}
+    primary.set(errors=(0.29, 500))  # a fresh counter; the share exact, as written (float 0.29 * 100 < 29)
+    assert sum(requests.get(primary.url + "/x", timeout=TIMEOUT).status_code == 500 for _ in range(100)) == 29
+    primary.set(errors=(0, 500))
+    assert {requests.get(primary.url + "/y", timeout=TIMEOUT).status_code for _ in range(5)} == {200}
 
 
 def test_close_joins_the_server_threads_and_closes_every_socket():
