@@ -10,14 +10,14 @@ against a bound of at least 250 ms.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List
 
 import pytest
 
 from requests_failover import DemotionEvent, FailoverSession
 from requests_failover import _pool as pool
 from requests_failover._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT
-from requests_failover.testing import Hit, LoopbackBackend, set_testing, settle
+from requests_failover.testing import LoopbackBackend, set_testing, settle
 
 from .conftest import Clock, Worker, served_by, wait_until
 
@@ -29,30 +29,20 @@ SLOW = pool.DEMOTE_ABSOLUTE + 0.3
 LONGEST_WINDOW = 20.0 * 1.2
 
 
-class GrayBackend(LoopbackBackend):
-    """A loopback backend whose API answers after ``api_delay`` seconds while its health paths answer at once."""
-
-    api_delay = 0.0
-
-    def _answer(self, hit: Hit) -> Tuple[str, int, Dict[str, str], float]:
-        mode, status, headers, delay = super()._answer(hit)
-        return mode, status, headers, delay if self._is_health(hit.path) else delay + self.api_delay
-
-
 @pytest.fixture
-def gray() -> Iterator[GrayBackend]:
-    with GrayBackend("primary") as server:
-        yield server
+def gray(primary: LoopbackBackend) -> LoopbackBackend:
+    """The primary, made slow with ``set(api_delay=...)``: its health paths keep answering at once."""
+    return primary
 
 
 def backend_status(session: FailoverSession, url: str) -> Dict[str, Any]:
     return dict(next(b for b in session.status()["backends"] if b["url"] == url))
 
 
-def demote_by_slow_answers(session: FailoverSession, primary: GrayBackend) -> None:
+def demote_by_slow_answers(session: FailoverSession, primary: LoopbackBackend) -> None:
     """Warm up on a fast primary, then three slow answers in a row: demoted."""
     assert served_by(session.get(primary.url + "/warm")) == "primary"
-    primary.api_delay = SLOW
+    primary.set(api_delay=SLOW)
     for i in range(pool.SLOW_STREAK):
         assert served_by(session.get(primary.url + f"/slow/{i}")) == "primary"
 
@@ -87,9 +77,9 @@ def test_one_slow_answer_among_fast_ones_never_demotes(make_session: Make, gray,
     session = make_session([gray.url, secondary.url])
     assert served_by(session.get(gray.url + "/warm")) == "primary"
     for round in range(2):
-        gray.api_delay = SLOW
+        gray.set(api_delay=SLOW)
         assert served_by(session.get(gray.url + f"/tail/{round}")) == "primary"
-        gray.api_delay = 0.0
+        gray.set(api_delay=0.0)
         assert served(session, gray.url, pool.SLOW_STREAK) == ["primary"] * pool.SLOW_STREAK
     assert backend_status(session, gray.url)["demotion_reason"] is None
 
@@ -98,7 +88,7 @@ def test_demote_slow_false_turns_it_off(make_session: Make, gray, secondary, clo
     session = make_session([gray.url, secondary.url], demote_slow=False)
     demote_by_slow_answers(session, gray)
     assert backend_status(session, gray.url)["demoted_until"] is None
-    gray.api_delay = 0.0
+    gray.set(api_delay=0.0)
     assert served(session, gray.url, 3) == ["primary"] * 3
 
 
@@ -106,7 +96,7 @@ def test_recovered_after_the_cool_down_when_fast_again(make_session: Make, gray,
     seen: List[Any] = []
     session = make_session([gray.url, secondary.url], observers=[seen.append], slow_start=0)
     demote_by_slow_answers(session, gray)
-    gray.api_delay = 0.0
+    gray.set(api_delay=0.0)
     assert served(session, gray.url, 3) == ["secondary"] * 3  # fast again, but cooling down
 
     clock.advance(pool.DEMOTE_BASE)
@@ -150,7 +140,7 @@ def test_one_trial_at_a_time_while_others_keep_away(make_session: Make, gray, se
 def test_a_hung_api_is_demoted_after_its_first_read_timeout(make_session: Make, gray, secondary, clock: Clock):
     session = make_session([gray.url, secondary.url])
     assert served_by(session.get(gray.url + "/warm")) == "primary"
-    gray.api_delay = 30.0  # hung: far past the read timeout; its health checks still answer at once
+    gray.set(api_delay=30.0)  # hung: far past the read timeout; its health checks still answer at once
     assert served_by(session.get(gray.url + "/hung", timeout=(2, 0.5))) == "secondary"
     status = backend_status(session, gray.url)
     assert status["demotion_reason"].startswith("read timeout after")
@@ -210,7 +200,7 @@ def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers
     child = Worker(backends, "child", state_file=state_file)
     workers.append(child)
     assert child.get("/warm")[:3] == ("ok", 200, "primary")
-    gray.api_delay = SLOW
+    gray.set(api_delay=SLOW)
     for i in range(pool.SLOW_STREAK):
         assert child.get(f"/slow/{i}")[:3] == ("ok", 200, "primary")
     demoted_until = child.status()["backends"][0]["demoted_until"]
@@ -223,7 +213,7 @@ def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers
         try:
             wait_until(lambda: backend_status(session, gray.url)["demoted_until"] == demoted_until, "shared")
             api_hits = len(gray.requests)
-            gray.api_delay = 0.0
+            gray.set(api_delay=0.0)
             assert served(session, gray.url, 5) == ["secondary"] * 5
             assert len(gray.requests) == api_hits, "never sent to the demoted primary"
 
