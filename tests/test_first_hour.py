@@ -42,7 +42,7 @@ def test_a_service_without_health_endpoint_fails_over_and_back(
     caplog.set_level(logging.DEBUG, logger="requests_failover")
     primary.set(routes=NO_HEALTH)
     secondary.set(routes=NO_HEALTH)
-    session = make_session([primary.url, secondary.url])
+    session = make_session([primary.url, secondary.url], slow_start=0)  # a step failback (test_gray ramps)
     assert served_by(session.get(primary.url + "/warm")) == "primary"
     first = session.status()["backends"][0]
     assert (first["healthy"], first["last_error"], first["health_endpoint"]) == (True, None, False)
