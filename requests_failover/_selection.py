@@ -433,8 +433,10 @@ class Selection:
         now = self._clock()
         if slow is not None and slow != SLOW_HEDGE_LOST:
             why = f"{slow} after {seconds:.1f} s"
+        elif slow is not None:
+            why = f"{slow} after {seconds * 1000:.0f} ms"
         else:
-            why = f"{stats.streak} slow answers in a row ({seconds * 1000:.0f} ms, bound {bound * 1000:.0f} ms)"
+            why = f"{seconds * 1000:.0f} ms, bound {bound * 1000:.0f} ms"
         if health.demoted():
             if now < health.demoted_until:
                 return  # cooling down: a sample from a fallback request, not a trial
@@ -445,8 +447,10 @@ class Selection:
                 stats.ewma, stats.streak = seconds, 0  # a fresh start: the slow samples are history
                 self._restore(url, f"answered in {seconds * 1000:.0f} ms on trial (bound {bound * 1000:.0f} ms)", now)
             return
-        if stats.streak >= _pool.SLOW_STREAK or (slow is not None and slow != SLOW_HEDGE_LOST):
+        if slow is not None and slow != SLOW_HEDGE_LOST:
             self._demote(url, why, now)
+        elif stats.streak >= _pool.SLOW_STREAK:
+            self._demote(url, f"{stats.streak} slow answers in a row (last: {why})", now)
 
     def _demote(self, url: str, why: str, now: float) -> None:
         def demote(s: State) -> State:

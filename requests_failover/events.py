@@ -118,7 +118,7 @@ class DemotionEvent:
     stayed far slower than the others', or a read timeout; again after a slow
     trial, for a doubled cool-down), false when its trial answered fast and it
     is trusted again. ``reason`` says why (for example ``"read timeout after
-    5.0 s"`` or ``"3 slow answers in a row (2004 ms > 1000 ms)"``);
+    5.0 s"`` or ``"3 slow answers in a row (last: 2004 ms, bound 1000 ms)"``);
     ``until`` is the unix time its cool-down ends (None when trusted again),
     after which one request tries it; ``level`` counts demotions in a row
     (the cool-down is 5 s x 2 ** (level - 1), capped at 300 s); ``at`` is
