@@ -186,6 +186,19 @@ def _next_probe(backend: Any, status: Any, now: float) -> str:
     return "none: no process is probing"
 
 
+def _gray_notes(backend: Any, now: float) -> List[str]:
+    """Lines for a backend demoted for slowness, or taking requests back gradually (slow start)."""
+    notes = []
+    until = backend.get("demoted_until")
+    if until is not None and until > now:
+        reason = _printable(backend.get("demotion_reason") or "slow answers")
+        notes.append(f"demoted:       {backend['url']} for {until - now:.0f} s more: {reason}")
+    share = backend.get("slow_start_share")
+    if share is not None:
+        notes.append(f"slow start:    {backend['url']} takes {share:.0%} of requests, ramping up")
+    return notes
+
+
 def _status_text(status: Any) -> str:
     checked = status["last_health_check"]
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checked)) if checked else "never"
@@ -214,6 +227,7 @@ def _status_text(status: Any) -> str:
     for b in status["backends"]:
         if b.get("health_endpoint") is False:
             lines.append(_no_endpoint_note(b["url"]))
+        lines.extend(_gray_notes(b, now))
     if any(_next_probe(b, status, now).startswith("none") for b in status["backends"]):
         lines.append(
             "no process is probing: no process using these backends is running (or none has made a request "
@@ -288,6 +302,7 @@ class _DemoLog(logging.StreamHandler):  # type: ignore[type-arg]  # generic only
 #: The demo's only departures from the defaults (printed when it starts).
 DEMO_HEALTHY_THRESHOLD = 1
 DEMO_CACHE_TTL = 3600.0
+DEMO_SLOW_START = 0.0
 #: Seconds the demo waits at most for the failback (the documented bound is about 32 s).
 DEMO_FAILBACK_BOUND = 40.0
 
@@ -311,13 +326,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"demo settings: healthy_threshold={DEMO_HEALTHY_THRESHOLD} (shortened from the default 2: one "
                 "healthy failback probe takes the primary back, not two 1 s apart); "
                 f"cache_ttl={DEMO_CACHE_TTL:.0f} (lengthened from 300, so the failback below is the background "
-                "probes' doing, not a cache expiring). Everything else is at its default.\n"
+                "probes' doing, not a cache expiring); "
+                f"slow_start={DEMO_SLOW_START:g} (from 20 s: the primary takes every request back at once, not a "
+                "share ramping from 10 %). Everything else is at its default.\n"
             )
             with FailoverSession(
                 [primary.url, secondary.url],
                 state_file=False,
                 healthy_threshold=DEMO_HEALTHY_THRESHOLD,
                 cache_ttl=DEMO_CACHE_TTL,
+                slow_start=DEMO_SLOW_START,
             ) as session:
 
                 def burst(phase: str, count: int) -> None:

@@ -275,3 +275,25 @@ def test_status_with_a_state_file_reports_the_store_as_status_does(primary, seco
             run("status", "--json", *extra, "--state-url", valkey.url, primary.url, secondary.url).stdout
         )
         assert document["state_store"] == {"location": valkey.url, "reachable": True, "last_error": None}
+
+
+def test_status_says_which_backend_is_demoted_and_why(primary, secondary, tmp_path):
+    state = tmp_path / "s.json"
+    now = time.time()
+    document = json.loads(state_document([primary.url, secondary.url], now, ""))
+    document["active"] = primary.url
+    document["health"] = {
+        primary.url: {
+            "healthy": True,
+            "demoted_until": now + 120,
+            "demotion_level": 1,
+            "demotion_reason": "3 slow answers in a row (2.0 s)\x1b[2J",
+        }
+    }
+    state.write_text(json.dumps(document))
+    result = run("status", "--state-file", str(state), primary.url, secondary.url)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("demoted:")]
+    assert len(notes) == 1, result.stdout
+    assert notes[0].startswith(f"demoted:       {primary.url} for 1")  # 119 or 120 s more
+    assert notes[0].endswith(": 3 slow answers in a row (2.0 s)\\x1b[2J")
