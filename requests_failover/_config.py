@@ -8,15 +8,18 @@ never changes afterwards; no I/O happens in this module except reading the
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
 from urllib3.util import parse_url
 
+from . import _redact as redact
 from .store import check_url
 
 ENV_BACKENDS = "REQUESTS_FAILOVER_BACKENDS"
@@ -89,45 +92,77 @@ class Backend:
         return self.url
 
 
+#: What a host name may hold once IDNA-encoded (letters, digits, ``-``, ``.``, ``_``).
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?")
+
+
 def parse_backend(value: object, *, argument: str = "backends") -> Backend:
-    """Parse one base URL; raise ``TypeError``/``ValueError`` naming ``argument``."""
+    """Parse one base URL; raise ``TypeError``/``ValueError`` naming ``argument``.
+
+    Messages show the URL with its userinfo masked (:mod:`._redact`) and never
+    quote urllib3's own parse message, which repeats the URL whole.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{argument}: each backend must be a str URL, got {type(value).__name__}")
     text = value.strip()
+    shown = redact.url(text)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
+    info = redact.userinfo(text)
+    if info is not None and any(c in info for c in "/?#"):
+        raise ValueError(
+            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
+        )
     try:
         parsed = parse_url(text)
-    except Exception as exc:  # urllib3 raises LocationParseError (a ValueError) and others
-        raise ValueError(f"{argument}: invalid URL {_redact(text)!r}: {exc}") from None
+    except Exception:  # urllib3 raises LocationParseError (a ValueError) and others, quoting the URL
+        raise ValueError(f"{argument}: invalid URL {shown!r} (a port must be a number from 1 to 65535)") from None
     scheme = (parsed.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS or "://" not in text:
-        raise ValueError(f"{argument}: {_redact(text)!r} needs an http:// or https:// scheme")
+        raise ValueError(f"{argument}: {shown!r} needs an http:// or https:// scheme")
     if not parsed.host:
-        raise ValueError(f"{argument}: {_redact(text)!r} has no host")
+        raise ValueError(f"{argument}: {shown!r} has no host")
     if parsed.query is not None or parsed.fragment is not None:
-        raise ValueError(f"{argument}: {_redact(text)!r} is a base URL and cannot carry a query or fragment")
-    host = parsed.host.lower().strip("[]")
-    try:
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        raise ValueError(f"{argument}: {_redact(text)!r} has an invalid host name") from None
+        raise ValueError(f"{argument}: {shown!r} is a base URL and cannot carry a query or fragment")
+    host = _host(parsed.host, shown, argument)
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"{argument}: {shown!r}: a port must be a number from 1 to 65535")
     port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
     base_path = (parsed.path or "").rstrip("/")
+    if base_path.startswith("//"):
+        raise ValueError(f"{argument}: {shown!r}: the base path cannot start with '//' (one URL per backend)")
     auth: Optional[Tuple[str, str]] = None
     if parsed.auth:
         user, _, password = parsed.auth.partition(":")
-        auth = (user, password)
+        auth = (unquote(user), unquote(password))  # as requests' get_auth_from_url reads them
     return Backend(scheme, host, port, base_path, auth)
 
 
-def _redact(url: str) -> str:
-    """``url`` with any userinfo replaced, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+def _host(raw: str, shown: str, argument: str) -> str:
+    """The host of a backend URL, lower case, IDNA-encoded; an IP literal checked as one."""
+    host = raw.lower()
+    if host.startswith("["):
+        literal = host.strip("[]")
+        if "%" in literal:
+            raise ValueError(
+                f"{argument}: {shown!r}: an IPv6 zone id (%25...) is not supported; "
+                "use a host name or a global IPv6 address"
+            )
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ValueError(f"{argument}: {shown!r} has an invalid IPv6 address") from None
+        return literal
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise ValueError(f"{argument}: {shown!r} has an invalid host name") from None
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(
+            f"{argument}: {shown!r} has an invalid host name (one URL per backend: pass a list, "
+            "never several URLs in one string)"
+        )
+    return host
 
 
 def _parse_backends(values: object, *, argument: str, allow_insecure: bool) -> Tuple[Backend, ...]:
@@ -202,6 +237,18 @@ class Options:
     state_store: Any = None  # None, a redis:// or rediss:// URL, or a store object
     slow_start: float = DEFAULT_SLOW_START
     demote_slow: bool = DEFAULT_DEMOTE_SLOW
+
+    def __repr__(self) -> str:
+        """Every field, with the secrets hidden: header values and a store URL's userinfo."""
+        shown = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "health_headers":
+                value = redact.headers(value)
+            elif item.name == "state_store" and isinstance(value, str):
+                value = redact.url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Options({', '.join(shown)})"
 
 
 _STORE_METHODS = ("get", "compare_and_set", "lease", "release", "watch", "close")

@@ -28,17 +28,17 @@ import os
 import threading
 import time
 import weakref
-from typing import Dict, Optional, Tuple, TypedDict
+from typing import Callable, Dict, Optional, Tuple, TypedDict
 
+from . import _redact as redact
 from . import _runtime
 from ._background import EXIT_WAIT, WORKER
 from ._pool import State
 from ._state import FileStore, MemoryStore, Update, complain_once, decode, encode, namespace
-from .store import StateStore
+from .store import ENV_STATE_PASSWORD, StateStore
 
 log = logging.getLogger("requests_failover")
 
-ENV_STATE_PASSWORD = "REQUESTS_FAILOVER_STATE_PASSWORD"
 #: Seconds between reads that reconcile with the store (announcements can be lost).
 RECONCILE = 5.0
 #: Backoff between attempts to reach a failing store: first, cap (seconds).
@@ -61,8 +61,9 @@ class StoreStatus(TypedDict):
 class _Breaker:
     """Whether a remote store may be tried now; one warning per outage."""
 
-    def __init__(self, location: str) -> None:
-        self.location = location
+    def __init__(self, location: str, describe: Optional[Callable[[BaseException], str]] = None) -> None:
+        self.location = redact.url(location)  # a store of the user's may put a password in it
+        self._describe = describe
         self.reachable: Optional[bool] = None
         self.error: Optional[str] = None
         self._delay = 0.0
@@ -81,7 +82,7 @@ class _Breaker:
         with self._lock:  # the feed and the background thread may fail at once: one warning
             first = self.reachable is not False
             self.reachable = False
-            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            self.error = self._explain(exc)
             self._delay = min(BACKOFF_CAP, max(BACKOFF_FIRST, self._delay * 2))
             self._retry_at = time.monotonic() + _runtime.interval(self._delay)
         if first:
@@ -92,6 +93,16 @@ class _Breaker:
             )
         else:
             log.debug("state store %s still not usable: %s", self.location, self.error)
+
+    def _explain(self, exc: BaseException) -> str:
+        """The store's own description of ``exc`` if it has one; never a password of its URL."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self._describe is not None:
+            try:
+                text = self._describe(exc)
+            except Exception:  # a user's store: its describe() must not break the breaker
+                pass
+        return redact.text(text)[:300]
 
     def succeeded(self) -> None:
         if self.reachable is True:
@@ -112,7 +123,7 @@ def _breaker(remote: StateStore) -> _Breaker:
     with _registry_lock:
         entry = _breakers.get(id(remote))
         if entry is None or entry[0] is not remote:
-            entry = _breakers[id(remote)] = (remote, _Breaker(remote.location))
+            entry = _breakers[id(remote)] = (remote, _Breaker(remote.location, getattr(remote, "describe", None)))
         return entry[1]
 
 

@@ -109,19 +109,25 @@ def _start_time(pid: int) -> str:
 
 
 def claim_is_void(owner: Optional[str]) -> bool:
-    """Whether a probe claim's owner is known to be gone (a process of this host that died)."""
-    if not owner:
+    """Whether a probe claim's owner is known to be gone (a process of this host that died).
+
+    ``owner`` is data read from a file or a store: a pid no process can have
+    voids the claim; nothing here raises on any string.
+    """
+    if not owner or not isinstance(owner, str):
         return False
     host, _, rest = owner.partition(" ")
     pid_text, _, started = rest.partition(" ")
     if host != socket.gethostname() or not pid_text.isdigit():
         return False  # another machine's claim: its time budget bounds it
+    if len(pid_text) > 10 or not 0 < int(pid_text) <= MAX_PID:
+        return True  # no such process can exist
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # alive, but another user's
+    except (OSError, OverflowError, ValueError):  # alive, but another user's (or a platform's odd limit)
         pass
     return bool(started) and _start_time(pid) not in ("", started)  # the pid was reused
 
@@ -153,12 +159,108 @@ def encode(state: State) -> bytes:
     return json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
 
 
-def _finite(value: Any, *, optional: bool = False) -> Optional[float]:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+# -- validation of a stored document: every field to its type and range ----------------------
+# A validator takes the stored value and the reader's clock (unix time) and
+# returns the value to use, clamped into range, or raises ValueError (the
+# document is then ignored, logged once by the caller).
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError("out of range") from None
+    if not math.isfinite(number):
         raise ValueError("not a finite number")
-    return float(value)
+    return number
+
+
+#: Seconds ahead of now the library ever writes a time (the longest down time or Retry-After).
+HORIZON = max(DOWN_CAP, RETRY_AFTER_CAP)
+
+
+def _until(ahead: float) -> Callable[[Any, float], float]:
+    """A unix time clamped to [0, now + ``ahead``] (a hostile file cannot keep a backend down for a year)."""
+
+    def check(value: Any, now: float) -> float:
+        return min(max(_number(value), 0.0), now + ahead)
+
+    return check
+
+
+_time = _until(HORIZON)
+
+
+def _optional_time(value: Any, now: float) -> Optional[float]:
+    return None if value is None else _time(value, now)
+
+
+def _latency(value: Any, now: float) -> Optional[float]:
+    """Milliseconds, clamped to [0, one day]."""
+    return None if value is None else min(max(_number(value), 0.0), 86_400_000.0)
+
+
+def _count(limit: int) -> Callable[[Any, float], int]:
+    """A whole number in [0, ``limit``] (a bigger one is clamped: a counter cannot go wrong by being large)."""
+
+    def check(value: Any, now: float) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("not a whole number >= 0")
+        return min(value, limit)
+
+    return check
+
+
+def _tristate(value: Any, now: float) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("not a bool")
+    return value
+
+
+def _text(limit: int) -> Callable[[Any, float], Optional[str]]:
+    def check(value: Any, now: float) -> Optional[str]:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("not a string")
+        return None if value is None else value[:limit]
+
+    return check
+
+
+#: Every field of a stored :class:`Health` and its validator; a field absent
+#: from a document takes the dataclass default. (A new field: one line here.)
+HEALTH_FIELDS: Dict[str, Callable[[Any, float], Any]] = {
+    "healthy": _tristate,
+    "consecutive_failures": _count(1 << 20),
+    "down_until": _time,
+    "hold_until": _time,
+    "last_latency_ms": _latency,
+    "last_error": _text(300),
+    "level": _count(64),
+    "successes": _count(1 << 20),
+    "failed_at": _time,
+    "probed_at": _time,
+    "demoted_until": _until(DEMOTE_CAP),
+    "demotion_level": _count(64),
+    "demotion_reason": _text(300),
+    "recovered_at": _until(0.0),
+}
+#: Process ids above this do not exist anywhere (pid_t is a signed 32-bit int).
+MAX_PID = (1 << 31) - 1
+
+
+def _owner(value: Any, now: float) -> Optional[str]:
+    """A probe claim's owner, ``"host pid start-time"`` (see :func:`owner_token`), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 300 or not value.isprintable():
+        raise ValueError("bad probing_by")
+    host, _, rest = value.partition(" ")
+    pid, _, started = rest.partition(" ")
+    if not host or not pid.isdigit() or not 0 < int(pid) <= MAX_PID or " " in started:
+        raise ValueError("bad probing_by")
+    return value
 
 
 def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
@@ -167,15 +269,18 @@ def decode(data: bytes, backends: Tuple[str, ...], now: float) -> State:
         raise ValueError("too large")
     try:
         return _decode_document(data, backends, now)
-    except (TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
-        raise ValueError(str(exc)) from None
+    except (TypeError, KeyError, RecursionError, UnicodeDecodeError, OverflowError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
 
 
 def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> State:
-    """Parse and validate the document's JSON (raises ``ValueError`` and, on odd input, others).
+    """Parse and validate every field of the document (raises ``ValueError`` and, on odd input, others).
 
-    Times in the future beyond what this library would ever write are
-    clamped, so a hostile file cannot keep a backend down for a year.
+    Fields are checked to type and range before anything uses them: times in
+    the future beyond what this library would ever write are clamped (so a
+    hostile file cannot keep a backend down for a year, nor overflow a date
+    conversion), counters are clamped, a probe claim must name a possible
+    process; anything else off makes the whole document ignored.
     """
     document = json.loads(data.decode("utf-8"))
     if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
@@ -185,7 +290,6 @@ def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> Stat
     active = document.get("active")
     if active is not None and active not in backends:
         raise ValueError("names a backend that is not configured")
-    horizon = now + max(DOWN_CAP, RETRY_AFTER_CAP)
     health: Dict[str, Health] = {}
     table = document.get("health", {})
     if not isinstance(table, dict):
@@ -193,50 +297,26 @@ def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> Stat
     for url, record in table.items():
         if url not in backends or not isinstance(record, dict):
             raise ValueError("health names a backend that is not configured")
-        healthy = record.get("healthy")
-        failures = record.get("consecutive_failures", 0)
-        error = record.get("last_error")
-        if healthy not in (True, False, None):
-            raise ValueError("healthy is not a bool")
-        if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures < 1 << 20:
-            raise ValueError("bad consecutive_failures")
-        if error is not None and not isinstance(error, str):
-            raise ValueError("bad last_error")
-        reason = record.get("demotion_reason")
-        if reason is not None and not isinstance(reason, str):
-            raise ValueError("bad demotion_reason")
-        counts = {}
-        for name in ("level", "successes", "demotion_level"):
-            count = record.get(name, 0)
-            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 20:
-                raise ValueError(f"bad {name}")
-            counts[name] = count
-        health[url] = Health(
-            healthy=healthy,
-            consecutive_failures=failures,
-            down_until=min(_finite(record.get("down_until", 0.0)) or 0.0, horizon),
-            hold_until=min(_finite(record.get("hold_until", 0.0)) or 0.0, horizon),
-            last_latency_ms=_finite(record.get("last_latency_ms"), optional=True),
-            last_error=None if error is None else error[:300],
-            level=min(counts["level"], 64),
-            successes=counts["successes"],
-            failed_at=min(_finite(record.get("failed_at", 0.0)) or 0.0, horizon),
-            probed_at=min(_finite(record.get("probed_at", 0.0)) or 0.0, horizon),
-            demoted_until=min(_finite(record.get("demoted_until", 0.0)) or 0.0, now + DEMOTE_CAP),
-            demotion_level=min(counts["demotion_level"], 64),
-            demotion_reason=None if reason is None else reason[:300],
-            recovered_at=min(_finite(record.get("recovered_at", 0.0)) or 0.0, now),
-        )
-    probing_by = document.get("probing_by")
-    if probing_by is not None and (not isinstance(probing_by, str) or len(probing_by) > 300):
-        raise ValueError("bad probing_by")
+        fields: Dict[str, Any] = {}
+        for name, check in HEALTH_FIELDS.items():
+            if name in record:
+                try:
+                    fields[name] = check(record[name], now)
+                except ValueError:
+                    raise ValueError(f"bad {name}") from None
+        health[url] = Health(**fields)
+    try:
+        checked_at = _optional_time(document.get("checked_at"), now)
+        probing_until = _time(document.get("probing_until", 0.0), now)
+    except ValueError:
+        raise ValueError("bad checked_at or probing_until") from None
     return State(
         backends=backends,
         active=active,
-        checked_at=_finite(document.get("checked_at"), optional=True),
+        checked_at=checked_at,
         health=health,
-        probing_until=min(_finite(document.get("probing_until", 0.0)) or 0.0, horizon),
-        probing_by=probing_by,
+        probing_until=probing_until,
+        probing_by=_owner(document.get("probing_by"), now),
     )
 
 

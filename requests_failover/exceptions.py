@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import requests
 
+from . import _redact as redact
+
 __all__ = ["AllBackendsFailed"]
 
 
@@ -44,7 +46,8 @@ class AllBackendsFailed(requests.exceptions.ConnectionError):
         last: Optional[BaseException] = None,
         **kwargs: Any,
     ) -> None:
-        self.failures = tuple((str(url), str(error)) for url, error in failures)
+        # A URL the caller wrote (userinfo and all) may be quoted in an error text: masked here, once.
+        self.failures = tuple((redact.url(str(url)), redact.text(str(error))) for url, error in failures)
         self.last = last
         super().__init__(*(args or (self._summary(),)), **kwargs)
 

@@ -16,11 +16,12 @@ again after a backoff.
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any, Dict, Optional, Protocol, Tuple, runtime_checkable
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from . import _runtime
+from . import _redact, _runtime
 
 #: A document larger than this is not read whole (the state is a few KiB).
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -30,6 +31,8 @@ DEFAULT_PREFIX = "requests-failover:"
 #: Seconds for every Redis operation (connect, command, read) before it counts as failed.
 DEFAULT_REDIS_TIMEOUT = 0.5
 EXTRA_HINT = "pip install requests-failover[redis]"
+#: The environment variable holding the password of a ``state_store`` URL that carries none.
+ENV_STATE_PASSWORD = "REQUESTS_FAILOVER_STATE_PASSWORD"
 #: What a key of another type than string reads as: never a valid document.
 _WRONG_TYPE = b"\0"
 
@@ -92,33 +95,87 @@ def _import_redis() -> Any:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password (the user name stays)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    netloc = f"{user}@{hostport}" if user else hostport
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``url`` without its userinfo (see :mod:`requests_failover._redact`)."""
+    return _redact.url(url)
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("expected a boolean")
+    return True
+
+
+def _seconds(value: str) -> bool:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("expected seconds > 0")
+    return True
+
+
+def _count(low: int, high: int) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return True
+
+    return check
+
+
+#: The query options of a store URL that redis-py accepts and that can work
+#: here, each with its check (redis-py passes an unknown one on as a keyword
+#: argument and fails at the first connect; ``protocol=9`` fails likewise).
+_QUERY_OPTIONS: Dict[str, Callable[[str], bool]] = {
+    "db": _count(0, 1 << 16),
+    "protocol": _count(2, 3),
+    "socket_timeout": _seconds,
+    "socket_connect_timeout": _seconds,
+    "timeout": _seconds,
+    "socket_keepalive": _flag,
+    "health_check_interval": _count(0, 86400),
+    "ssl_check_hostname": _flag,
+    "max_connections": _count(1, 1 << 16),
+}
 
 
 def check_url(url: str, argument: str = "state_store") -> None:
-    """Raise ``ValueError`` naming ``argument`` unless ``url`` is a usable redis:// or rediss:// URL."""
+    """Raise ``ValueError`` naming ``argument`` unless ``url`` is a usable redis:// or rediss:// URL.
+
+    Messages show the URL with its userinfo masked and never quote the
+    parser's own message (which may hold part of a password).
+    """
+    shown = redact(url)
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
+    info = _redact.userinfo(url)
+    if info is not None and any(c in info for c in "/?#"):
+        raise ValueError(
+            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
+        )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"{argument}: invalid URL {redact(url)!r}: {exc}") from None
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{argument}: invalid URL {shown!r} (a port must be a number from 0 to 65535)") from None
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{argument}: {redact(url)!r} needs a redis:// or rediss:// scheme")
+        raise ValueError(f"{argument}: {shown!r} needs a redis:// or rediss:// scheme")
     if not parts.hostname:
-        raise ValueError(f"{argument}: {redact(url)!r} has no host")
+        raise ValueError(f"{argument}: {shown!r} has no host")
+    if port == 0:
+        raise ValueError(f"{argument}: {shown!r}: a port must be a number from 1 to 65535")
     database = parts.path.strip("/")
     if database and not database.isdigit():
-        raise ValueError(f"{argument}: {redact(url)!r}: the path must be a database number")
+        raise ValueError(f"{argument}: {shown!r}: the path must be a database number")
+    if parts.fragment:
+        raise ValueError(f"{argument}: {shown!r} cannot carry a fragment")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        check = _QUERY_OPTIONS.get(name)
+        if check is None:
+            known = ", ".join(sorted(_QUERY_OPTIONS))
+            raise ValueError(f"{argument}: {shown!r}: unknown option {name!r} (known: {known})")
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ValueError(f"{argument}: {shown!r}: option {name}={value!r}: {exc}") from None
 
 
 def check_prefix(prefix: object) -> str:
@@ -283,6 +340,25 @@ class RedisStore:
         # The parent's subscriptions are its own; redis-py resets the pool itself.
         self._watchers = {}
         self._lock = threading.Lock()
+
+    def describe(self, exc: BaseException) -> str:
+        """A line for logs and ``status()`` saying what failed and, for a missing password, what to do.
+
+        Without a password the server answers with its own words ("HELLO must
+        be called with the client already authenticated", "NOAUTH
+        Authentication required"), which do not say where the password goes.
+        """
+        text = f"{type(exc).__name__}: {exc}"
+        redis = _import_redis()
+        lacking = "NOAUTH" in text or "HELLO must be called" in text or "Authentication required" in text
+        if isinstance(exc, redis.AuthenticationError) or lacking:
+            if not self._client.connection_pool.connection_kwargs.get("password"):
+                return (
+                    f"the server requires a password: set {ENV_STATE_PASSWORD} or put it in the URL "
+                    "(redis://:PASSWORD@host:6379/0, percent-encoded)"
+                )
+            return "the server refused the user name or password (AuthenticationError)"
+        return text[:300]
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, prefix={self._prefix!r})"

@@ -1,0 +1,85 @@
+"""One way to keep secrets out of messages, logs and ``repr()``.
+
+A URL's userinfo is everything between ``scheme://`` and the *last* ``@`` of
+the URL: a password may hold ``/``, ``?``, ``#``, ``:``, ``%`` or ``@``
+(unencoded, by mistake or by hostility), and a parser that stops the
+authority at the first ``/`` would take it for a path and print it. Cutting
+at the last ``@`` may hide a little more than the userinfo (an ``@`` in a
+path or query): a message then names less, never a secret.
+
+Text that is not ours (a parser's or a client library's error message) may
+quote the URL whole: :func:`scrub` removes the given secrets from it in
+every spelling a library could print (as given, percent-decoded,
+percent-encoded).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, List, Optional, Tuple
+from urllib.parse import quote, unquote
+
+MASK = "***"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def userinfo(url: str) -> Optional[str]:
+    """The userinfo of ``url`` as written (None when there is none)."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return None
+    rest = url[match.end() :]
+    if "@" not in rest:
+        return None
+    return rest.rpartition("@")[0]
+
+
+def url(text: str) -> str:
+    """``text`` (a URL) with its userinfo replaced by ``***`` (the user name hidden too).
+
+    Any other ``scheme://...@`` inside ``text`` is masked as well, so a URL
+    quoted in a longer string is safe.
+    """
+    info = userinfo(text)
+    if info is None:
+        return text
+    match = _SCHEME.match(text)
+    assert match is not None
+    return f"{match.group(0)}{MASK}@{text[match.end() :].rpartition('@')[2]}"
+
+
+_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]*@")
+
+
+def text(message: str) -> str:
+    """``message`` with the userinfo of every URL in it masked (up to the last ``@`` before a space or quote)."""
+    return _IN_TEXT.sub(lambda m: f"{m.group(1)}{MASK}@", message)
+
+
+def secrets_of(text: str) -> Tuple[str, ...]:
+    """The spellings of ``text``'s userinfo (and of its password alone) a library might print."""
+    info = userinfo(text)
+    if not info:
+        return ()
+    found: List[str] = [info]
+    user, colon, password = info.partition(":")
+    if colon and password:
+        found.append(password)
+    elif user:
+        found.append(user)
+    more: List[str] = []
+    for secret in found:
+        more += [unquote(secret), quote(secret, safe=""), quote(unquote(secret), safe="")]
+    return tuple(s for s in dict.fromkeys(found + more) if s)
+
+
+def scrub(message: str, secrets: Iterable[str]) -> str:
+    """``message`` with every occurrence of each secret (longest first) replaced by ``***``."""
+    for secret in sorted(set(s for s in secrets if s), key=len, reverse=True):
+        message = message.replace(secret, MASK)
+    return message
+
+
+def headers(pairs: Iterable[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
+    """Header pairs with their values hidden (names stay: they say what is configured)."""
+    return tuple((name, MASK) for name, _ in pairs)
