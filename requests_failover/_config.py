@@ -116,7 +116,9 @@ def parse_backend(value: object, *, argument: str = "backends") -> Backend:
     try:
         parsed = parse_url(text)
     except Exception:  # urllib3 raises LocationParseError (a ValueError) and others, quoting the URL
-        raise ValueError(f"{argument}: invalid URL {shown!r} (a port must be a number from 1 to 65535)") from None
+        raise ValueError(
+            f"{argument}: invalid URL {shown!r} (check the host and the port, a number from 1 to 65535)"
+        ) from None
     scheme = (parsed.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS or "://" not in text:
         raise ValueError(f"{argument}: {shown!r} needs an http:// or https:// scheme")

@@ -35,17 +35,18 @@ def userinfo(url: str) -> Optional[str]:
 
 
 def url(text: str) -> str:
-    """``text`` (a URL) with its userinfo replaced by ``***`` (the user name hidden too).
-
-    Any other ``scheme://...@`` inside ``text`` is masked as well, so a URL
-    quoted in a longer string is safe.
-    """
+    """``text`` (a URL) without its password: ``scheme://user@host...`` (``scheme://***@host...``
+    when the userinfo is a name alone)."""
     info = userinfo(text)
     if info is None:
         return text
     match = _SCHEME.match(text)
     assert match is not None
-    return f"{match.group(0)}{MASK}@{text[match.end() :].rpartition('@')[2]}"
+    user, colon, _ = info.partition(":")
+    # The user name stays when a password follows it (it says which account); a
+    # lone name may itself be the secret (a token), so it is masked.
+    shown = user if colon and user else MASK
+    return f"{match.group(0)}{shown}@{text[match.end() :].rpartition('@')[2]}"
 
 
 _IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]*@")
