@@ -352,3 +352,129 @@ def test_claim_of_a_dead_unreaped_or_reused_pid_is_void():
     finally:
         child.wait(BOUND)
     assert _state.claim_is_void(token), "a reaped process holds no claim"
+
+
+# -- stored state is data: every field validated at decode ------------------------------------------------------------
+
+
+def _document(backends: List[str], **fields: Any) -> bytes:
+    document = {"version": _state.FORMAT_VERSION, "backends": backends, "active": None, "health": {}}
+    document.update(fields)
+    return json.dumps(document).encode()
+
+
+def _cli_status(path: Path, backends: List[str]) -> Any:
+    from requests_failover import _cli
+
+    return _cli.main(["status", "--json", "--state-file", str(path), *backends])
+
+
+def test_a_claim_naming_an_impossible_pid_never_raises(primary, secondary, state_dir, caplog, capsys):
+    """``"probing_by": "<this host> 99999999999999999999 1"`` made os.kill raise OverflowError on
+    every request, in status() and the CLI: the document is now ignored (logged once) and
+    claim_is_void answers without raising for any string."""
+    host = socket.gethostname()
+    huge = f"{host} 99999999999999999999 1"
+    assert _state.claim_is_void(huge) is True
+    assert _state.claim_is_void(f"{host} 2147483648 1") is True
+    assert _state.claim_is_void(f"{host} 0 1") is True
+    assert _state.claim_is_void("another-host 99999999999999999999 1") is False
+    backends = [primary.url, secondary.url]
+    path = state_dir / "s.json"
+    path.write_bytes(_document(backends, probing_until=time.time() + 100, probing_by=huge, active=primary.url))
+    caplog.set_level("WARNING", logger="requests_failover")
+    with FailoverSession(backends, state_file=str(path)) as session:
+        for i in range(3):
+            assert session.get(f"{primary.url}/r{i}").json()["server"] == "primary"
+        assert session.status()["active_backend"] == primary.url
+    assert _cli_status(path, backends) == 0
+    ignored = [r for r in caplog.records if "ignoring state file" in r.getMessage()]
+    assert len(ignored) == 1 and "bad probing_by" in ignored[0].getMessage()
+
+
+def test_a_time_of_1e300_is_clamped_and_the_cli_prints_it(primary, secondary, state_dir, capsys):
+    """``checked_at: 1e300`` crashed ``requests-failover status`` (a date out of range):
+    every stored time is clamped to what the library could have written."""
+    backends = [primary.url, secondary.url]
+    path = state_dir / "s.json"
+    health = {primary.url: {"healthy": True, "down_until": 1e300, "probed_at": -1e300, "last_latency_ms": 1e300}}
+    path.write_bytes(_document(backends, checked_at=1e300, active=primary.url, health=health))
+    now = time.time()
+    state = _state.decode(path.read_bytes(), tuple(backends), now)
+    horizon = now + max(_state.DOWN_CAP, _state.RETRY_AFTER_CAP)
+    assert state.checked_at == horizon and state.health[primary.url].down_until == horizon
+    assert state.health[primary.url].probed_at == 0.0 and state.health[primary.url].last_latency_ms == 86_400_000.0
+    capsys.readouterr()
+    assert _cli_status(path, backends) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["last_health_check"] <= horizon + 1
+
+
+def _values() -> Any:
+    """A JSON value of any kind, extremes included (json writes NaN and Infinity, and reads them back)."""
+    from hypothesis import strategies as st
+
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([10**400, -(10**400), 2**31, 2**63, 0, -1]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([1e300, -1e300, 1e-300]),
+        st.text(max_size=12),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=6,
+    )
+
+
+def test_random_documents_never_raise_anywhere(primary, secondary, state_dir):
+    """Property: whatever a stored document holds, decode() returns a state or raises ValueError,
+    and status(), a request and the CLI's status never raise."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from requests_failover import _cli
+
+    backends = [primary.url, secondary.url]
+    path = state_dir / "s.json"
+    host = socket.gethostname()
+    owners = st.one_of(
+        _values(),
+        st.builds(lambda pid, rest: f"{host} {pid} {rest}", st.integers(-(2**80), 2**80), st.text(max_size=6)),
+    )
+    records = st.fixed_dictionaries({}, optional={name: _values() for name in _state.HEALTH_FIELDS})
+    documents = st.fixed_dictionaries(
+        {"version": st.just(_state.FORMAT_VERSION), "backends": st.just(backends)},
+        optional={
+            "active": st.one_of(st.sampled_from([*backends, None]), _values()),
+            "checked_at": _values(),
+            "probing_until": _values(),
+            "probing_by": owners,
+            "health": st.one_of(st.dictionaries(st.sampled_from(backends), records, max_size=2), _values()),
+        },
+    )
+    session = FailoverSession(backends, state_file=str(path), cache_ttl=0.0)
+    served = set()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(documents)
+    def check(document: Any) -> None:
+        data = json.dumps(document).encode()
+        try:
+            _state.decode(data, tuple(backends), time.time())
+        except ValueError:
+            pass
+        path.write_bytes(data)
+        session.status()
+        served.add(session.get(primary.url + "/").json()["server"])
+        assert _cli.main(["status", "--json", "--state-file", str(path), *backends]) == 0
+        assert _cli.main(["status", "--state-file", str(path), *backends]) == 0
+
+    try:
+        check()
+    finally:
+        session.close()
+    assert served <= {"primary", "secondary"} and served
