@@ -1,5 +1,9 @@
 """What requests recomputes from the environment on every call, cached for backend URLs.
 
+One :class:`Environment` per session: the session's own environment merge,
+its ``.netrc`` lookups, and (handed down to the failover adapter, like
+``trust_env``) the proxies of each backend's requests and probes all read it.
+
 For every request ``requests.Session`` evaluates the proxy variables (scanning
 all of ``os.environ``), ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
 and looks for a ``.netrc`` file on disk. For a backend URL each answer is a
@@ -26,15 +30,19 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from http.cookiejar import CookieJar
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from urllib.request import getproxies
 
-from requests import sessions
+from requests import PreparedRequest, sessions
+from requests import cookies as _cookies
 from requests.utils import NETRC_FILES
 
 _PROXY_NAMES = (
     *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
     *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
 )
+get_cookie_header: Any = _cookies.get_cookie_header  # untyped in types-requests
 _LIMIT = 256  # entries per cache: backends x variants seen; cleared when full
 
 
@@ -44,6 +52,7 @@ class Environment:
     def __init__(self) -> None:
         self._settings: Dict[Any, Tuple[Dict[str, str], Optional[str]]] = {}
         self._netrc: Dict[Any, Optional[Tuple[str, str]]] = {}
+        self._proxies: Dict[Any, Dict[str, str]] = {}
         self._extra: Tuple[str, ...] = ()
         self._count = -1
         self._scan_lock = threading.Lock()
@@ -81,6 +90,35 @@ class Environment:
             self._settings[key] = found
         return found
 
+    def proxies_for(self, target: str, source: Optional[str], given: Optional[Mapping[str, str]]) -> Dict[str, str]:
+        """The proxies requests would use for a request addressed to ``target`` (an origin).
+
+        ``given`` are the proxies ``Session.send`` passed down: the caller's
+        and the session's, plus what the environment contributed for the URL
+        asked for, ``source`` (an origin; None when not known, as for a probe).
+        The environment's contribution for ``source`` (for None: any value the
+        proxy variables hold) is taken out, and its contribution for
+        ``target`` (``NO_PROXY`` applied to ``target``'s host) put in, so each
+        backend gets what requests would give it if the caller had addressed
+        it directly. Explicit proxies stay (one equal to the environment's own
+        value for that scheme cannot be told apart from it, and is treated as
+        the environment's).
+        """
+        pairs = tuple(sorted(given.items())) if given else ()
+        fingerprint = self._fingerprint()
+        key = (target, source, pairs, fingerprint, sessions.get_environ_proxies)
+        found = self._proxies.get(key)
+        if found is None:
+            no_proxy = dict(pairs).get("no_proxy")
+            contributed = self.settings(source, no_proxy)[0] if source is not None else getproxies()
+            found = {k: v for k, v in pairs if contributed.get(k) != v}
+            for scheme, value in self.settings(target, no_proxy)[0].items():
+                found.setdefault(scheme, value)
+            if len(self._proxies) >= _LIMIT:
+                self._proxies.clear()
+            self._proxies[key] = found
+        return dict(found)
+
     def netrc_auth(self, host_url: str) -> Optional[Tuple[str, str]]:
         """``get_netrc_auth(host_url)``, recomputed only when its inputs changed."""
         netrc = os.environ.get("NETRC")
@@ -101,3 +139,75 @@ class Environment:
             self._netrc.clear()
         self._netrc[key] = auth
         return auth
+
+
+# -- what belongs to one backend: .netrc credentials and cookies, decided again per backend -------------------------
+
+#: The attribute of a prepared request that says where its credential and cookies came from.
+PROVENANCE = "_requests_failover_provenance"
+
+
+class Provenance(NamedTuple):
+    """What :class:`~requests_failover.FailoverSession` derived for the URL asked for.
+
+    ``netrc``: whether ``.netrc`` applies (``trust_env``, no ``auth=`` of the
+    request or the session); ``authorization``: the ``Authorization`` value it
+    gave for the URL asked for (None: no entry); ``cookie``: the ``Cookie``
+    value computed from ``jar`` for that URL (None: none).
+    """
+
+    environment: Environment
+    netrc: bool
+    authorization: Optional[str]
+    jar: Optional[CookieJar]
+    cookie: Optional[str]
+
+
+def mark(prepared: PreparedRequest, environment: Environment, netrc: bool, jar: Optional[CookieJar]) -> None:
+    """Record on ``prepared`` which of its headers the session derived (not the caller)."""
+    headers = prepared.headers
+    authorization = headers.get("Authorization") if netrc else None
+    setattr(prepared, PROVENANCE, Provenance(environment, netrc, authorization, jar, headers.get("Cookie")))
+
+
+def readdress(
+    request: PreparedRequest, outgoing: PreparedRequest, target: Any, auth: Optional[Tuple[str, str]]
+) -> Optional[Tuple[str, str]]:
+    """Make ``outgoing`` (``request`` rewritten to the backend ``target``) carry what is ``target``'s own.
+
+    Returns the credential to apply to ``outgoing`` (``auth``, the one
+    ``_rewrite`` chose, unless ``.netrc`` decides). As requests would for a
+    request addressed to ``target`` directly:
+
+    - a ``.netrc`` credential of the host asked for is never sent to another
+      backend: ``target`` gets its own ``.netrc`` entry, else the userinfo of
+      its configured URL, else nothing; an ``Authorization`` the caller set
+      (``auth=``, a header, userinfo in the URL asked for) is kept;
+    - a ``Secure`` cookie is never sent over plain ``http://``: the ``Cookie``
+      header is computed again from the jar without them.
+
+    A request the session did not prepare (a plain session with the adapter
+    mounted) is left as it is.
+    """
+    provenance: Optional[Provenance] = getattr(request, PROVENANCE, None)
+    if provenance is None:
+        return auth
+    headers = outgoing.headers
+    if provenance.netrc and headers.get("Authorization") == provenance.authorization:
+        headers.pop("Authorization", None)
+        auth = provenance.environment.netrc_auth(target.origin) or target.auth
+    if (
+        provenance.jar is not None
+        and provenance.cookie is not None
+        and headers.get("Cookie") == provenance.cookie
+        and target.scheme == "http"
+        and (request.url or "").lower().startswith("https:")
+    ):
+        plain = outgoing.copy()
+        plain.url = "http:" + (request.url or "")[len("https:") :]  # the URL asked for, over plain http
+        cookie = get_cookie_header(provenance.jar, plain)
+        if cookie:
+            headers["Cookie"] = cookie
+        else:
+            headers.pop("Cookie", None)
+    return auth

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.auth import HTTPBasicAuth
-from requests.utils import get_environ_proxies, rewind_body, select_proxy, should_bypass_proxies
+from requests.utils import rewind_body, select_proxy
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
@@ -38,6 +38,7 @@ from ._config import (
     Options,
     build_options,
 )
+from ._environment import Environment
 from ._health import describe_error
 from ._hedge import ConnectTimes, Race, has_idle_connection
 from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
@@ -119,6 +120,9 @@ class FailoverAdapter(HTTPAdapter):
     #: ``trust_env``, passed down by :class:`FailoverSession`). None: not known
     #: (mounted on a plain session): the proxies requests computed are used as given.
     trust_env: Optional[bool] = None
+    #: The session's cache of what the environment says (proxies per backend),
+    #: passed down with ``trust_env``; one of the adapter's own when not given.
+    environment: Optional[Environment] = None
 
     def __init__(
         self,
@@ -192,7 +196,6 @@ class FailoverAdapter(HTTPAdapter):
         self._selection = Selection(self._options, self._probe_send)
         self._budget = RetryBudget()
         self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
-        self._proxy_cache: Dict[Any, Dict[str, str]] = {}
         self._by_url: Dict[str, Backend] = {b.url: b for b in self._options.targets}
         self._pools: Dict[Any, Any] = {}  # urllib3 pools by (origin, verify, cert), for the connect race
         self._connect_times = ConnectTimes()
@@ -369,36 +372,35 @@ class FailoverAdapter(HTTPAdapter):
 
         Probes go through ``transport`` when one is given (that is how tests
         without servers work), else through this adapter's own pools, with
-        ``Cache-Control: no-cache`` for any cache on the way.
+        ``Cache-Control: no-cache`` for any cache on the way. The proxies are
+        those requests would use for the probed backend's own URL (the
+        request that triggered the probe may have been for another backend).
         """
         request.headers["Cache-Control"] = "no-cache"
+        if self.trust_env:
+            matched = self.match(request.url)
+            if matched is not None:
+                kwargs["proxies"] = self._proxies_for(matched[0], None, kwargs.get("proxies"))
         if self._transport is not None:
             return self._transport.send(request, **kwargs)
         return super().send(request, **kwargs)
 
-    def _proxies_for(self, target: Backend, source: Backend, proxies: Optional[Mapping[str, str]]) -> Any:
-        """Proxies for ``target``: what the environment gave ``source`` is re-derived for ``target``.
+    def _proxies_for(self, target: Backend, source: Optional[Backend], proxies: Optional[Mapping[str, str]]) -> Any:
+        """Proxies for a request sent to ``target``: what requests would use had it been addressed there.
 
         ``Session.request`` evaluated the proxy environment variables (and
-        ``NO_PROXY``) for the URL asked for; the backend really used may differ.
-        Only done when ``trust_env`` is known to be true (a FailoverSession passes it down).
-
-        Evaluating the environment costs some 200 us (requests' helpers scan
-        all of ``os.environ`` several times), and after a failover every
-        request needs it, so results are cached per backend pair, proxies
-        given, and value of the proxy variables (read one by one, cheaply).
+        ``NO_PROXY``) for the URL asked for, ``source``'s (None: not known, a
+        probe); the backend really used may differ, so the environment's part
+        is decided again for ``target`` (see
+        :meth:`.Environment.proxies_for`, cached: requests' helpers scan all
+        of ``os.environ``). Only done when ``trust_env`` is known to be true
+        (a FailoverSession passes it down, with its :class:`.Environment`).
         """
         if not self.trust_env:
             return proxies
-        given = tuple(sorted(proxies.items())) if proxies else ()
-        key = (target.url, source.url, given, tuple(map(os.environ.get, _PROXY_VARIABLES)))
-        cached = self._proxy_cache.get(key)
-        if cached is None:
-            cached = _derive_proxies(target.url, source.url, dict(given))
-            if len(self._proxy_cache) >= 64:
-                self._proxy_cache.clear()
-            self._proxy_cache[key] = cached
-        return dict(cached)
+        if self.environment is None:
+            self.environment = Environment()
+        return self.environment.proxies_for(target.origin, None if source is None else source.origin, proxies)
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None."""
@@ -614,27 +616,6 @@ def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: 
     if not again:
         return None
     return min(again, key=lambda b: tries[b.url])
-
-
-#: The variables requests reads for proxies (lower and upper case), plus the one that
-#: makes it ignore them under CGI; a change to any of them invalidates the cache.
-_PROXY_VARIABLES = (
-    *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
-    *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
-    "REQUEST_METHOD",
-)
-
-
-def _derive_proxies(target: str, source: str, proxies: Dict[str, str]) -> Dict[str, str]:
-    """Drop what the environment contributed for ``source``; add what it contributes for ``target``."""
-    no_proxy = proxies.get("no_proxy")
-    for key, value in get_environ_proxies(source, no_proxy=no_proxy).items():
-        if proxies.get(key) == value:
-            del proxies[key]
-    if not should_bypass_proxies(target, no_proxy=no_proxy):
-        for key, value in get_environ_proxies(target, no_proxy=no_proxy).items():
-            proxies.setdefault(key, value)
-    return proxies
 
 
 def _all_failed(

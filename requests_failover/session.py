@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from http import cookiejar as cookielib
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
 
 import requests
 from requests import cookies as _cookies
@@ -26,7 +28,7 @@ from ._config import (
     DEFAULT_SLOW_START,
     DEFAULT_TIMEOUT,
 )
-from ._environment import Environment
+from ._environment import Environment, mark
 from ._selection import Status
 from .adapter import FailoverAdapter
 from .events import Observer, SwitchEvent
@@ -40,6 +42,7 @@ merge_hooks: Any = _sessions.merge_hooks
 merge_cookies: Any = _cookies.merge_cookies
 cookiejar_from_dict: Any = _cookies.cookiejar_from_dict
 RequestsCookieJar: Any = _cookies.RequestsCookieJar
+extract_cookies_to_jar: Any = _cookies.extract_cookies_to_jar
 
 
 class FailoverSession(requests.Session):
@@ -135,6 +138,7 @@ class FailoverSession(requests.Session):
         """Give the failover adapter what it needs from this session (never the session)."""
         self.failover_adapter.send_through(self.backend_adapters, self.adapters)
         self.failover_adapter.trust_env = self.trust_env
+        self.failover_adapter.environment = self._environment
 
     @property
     def trust_env(self) -> bool:
@@ -202,19 +206,23 @@ class FailoverSession(requests.Session):
         }
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        """requests' own preparation, with the ``.netrc`` lookup cached for backend URLs.
+        """requests' own preparation; for a backend URL, what it derived is recorded per backend.
 
         Mirrors ``requests.Session.prepare_request`` (unchanged since requests
-        2.x; requests' own suite run through FailoverSession checks it); other
-        URLs, or a request with auth of its own, go to requests' code.
+        2.x; requests' own suite run through FailoverSession checks it), with
+        the ``.netrc`` lookup cached. For a backend URL the prepared request
+        also records which ``Authorization`` and ``Cookie`` values the session
+        derived (not the caller), so that a request sent to another backend
+        carries that backend's own (:func:`._environment.readdress`), and
+        carries a hook that keeps the cookies a backend sets during failover.
+        Other URLs go to requests' code.
         """
         url = request.url
-        if not self.trust_env or request.auth or self.auth or not isinstance(url, str):
-            return super().prepare_request(request)
-        matched = self.failover_adapter.match(url)
+        matched = self.failover_adapter.match(url) if isinstance(url, str) else None
         if matched is None:
             return super().prepare_request(request)
-        auth = self._environment.netrc_auth(matched[0].origin)
+        netrc = bool(self.trust_env and not request.auth and not self.auth)
+        auth = self._environment.netrc_auth(matched[0].origin) if netrc else request.auth
         cookies = request.cookies or {}
         if not isinstance(cookies, cookielib.CookieJar):
             cookies = cookiejar_from_dict(cookies)
@@ -232,7 +240,41 @@ class FailoverSession(requests.Session):
             cookies=merged_cookies,
             hooks=merge_hooks(request.hooks, self.hooks),
         )
+        mark(prepared, self._environment, netrc, merged_cookies)
+        prepared.register_hook("response", _KeepCookies(self.cookies, prepared.url or ""))  # type: ignore[no-untyped-call]
         return prepared
+
+    # -- redirects: the configured backends are one origin ------------------------------------
+    def should_strip_auth(self, old_url: str, new_url: str) -> bool:
+        """requests' rule, with every configured backend counted as one origin.
+
+        A redirect from a backend to a URL of any configured backend keeps the
+        caller's ``Authorization`` (the request is rewritten to the backend
+        that is up, which may look like a host change), unless it goes from
+        ``https`` to plain ``http``. Any other host: requests' own rule.
+        """
+        adapter = self.failover_adapter
+        if adapter.match(old_url) is not None and adapter.match(new_url) is not None:
+            return old_url.lower().startswith("https:") and new_url.lower().startswith("http:")
+        return bool(super().should_strip_auth(old_url, new_url))  # type: ignore[no-untyped-call]
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        """requests' own (strip on another origin, then ``.netrc`` of the new URL), recorded per backend."""
+        headers = prepared_request.headers
+        original = response.request.url or ""
+        url = prepared_request.url or ""
+        if "Authorization" in headers and self.should_strip_auth(original, url):
+            del headers["Authorization"]
+        matched = self.failover_adapter.match(url)
+        if matched is None:
+            new_auth = _sessions.get_netrc_auth(url) if self.trust_env else None
+        else:
+            new_auth = self._environment.netrc_auth(matched[0].origin) if self.trust_env else None
+        if new_auth is not None:
+            prepared_request.prepare_auth(new_auth)
+        if matched is not None:
+            jar = getattr(prepared_request, "_cookies", None)
+            mark(prepared_request, self._environment, self.trust_env and new_auth is not None, jar)
 
     def _choice(self, url: str) -> Optional[BaseAdapter]:
         """The adapter requests would choose for ``url`` (first matching prefix)."""
@@ -276,3 +318,39 @@ class FailoverSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<FailoverSession {list(self.failover_adapter.backends)!r} active={self.active_backend!r}>"
+
+
+class _KeepCookies:
+    """A response hook: keeps the cookies a backend sets when it answered for another one.
+
+    ``Session.send`` stores a response's cookies under the URL asked for
+    (requests' ``extract_cookies_to_jar(jar, request, ...)``), so a host-only
+    cookie of the backend that answered becomes the asked-for host's: one
+    service, one session. A cookie scoped with ``Domain=`` to the answering
+    backend's domain would be refused there (it does not domain-match the
+    host asked for): it is checked here against the answering backend, as
+    requests would for a request sent to it directly, and kept for the host
+    asked for.
+    """
+
+    def __init__(self, jar: cookielib.CookieJar, asked: str) -> None:
+        self._jar = jar
+        self._asked = asked
+
+    def __call__(self, response: requests.Response, **kwargs: Any) -> None:
+        sent = response.request
+        if sent is None or sent.url == self._asked:
+            return
+        asked_host = (urlsplit(self._asked).hostname or "").lower()
+        answered_host = (urlsplit(sent.url or "").hostname or "").lower()
+        if not asked_host or asked_host == answered_host:
+            return
+        theirs = RequestsCookieJar()
+        extract_cookies_to_jar(theirs, sent, response.raw)  # the answering backend's policy
+        for cookie in theirs:
+            domain = cookie.domain.lstrip(".")
+            if not cookie.domain_specified or asked_host == domain or asked_host.endswith("." + domain):
+                continue  # requests stores it under the URL asked for itself
+            kept = copy.copy(cookie)
+            kept.domain, kept.domain_specified, kept.domain_initial_dot = asked_host, False, False
+            self._jar.set_cookie(kept)
