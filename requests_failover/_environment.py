@@ -161,13 +161,25 @@ class Provenance(NamedTuple):
     authorization: Optional[str]
     jar: Optional[CookieJar]
     cookie: Optional[str]
+    callers: Optional[str] = None  # the caller's Authorization header that .netrc replaced (requests' rule)
 
 
-def mark(prepared: PreparedRequest, environment: Environment, netrc: bool, jar: Optional[CookieJar]) -> None:
-    """Record on ``prepared`` which of its headers the session derived (not the caller)."""
+def mark(
+    prepared: PreparedRequest,
+    environment: Environment,
+    netrc: bool,
+    jar: Optional[CookieJar],
+    callers: Optional[str] = None,
+) -> None:
+    """Record on ``prepared`` which of its headers the session derived (not the caller).
+
+    ``callers``: the ``Authorization`` header the caller set, which a
+    ``.netrc`` entry replaced (requests lets ``.netrc`` override ``headers=``).
+    """
     headers = prepared.headers
     authorization = headers.get("Authorization") if netrc else None
-    setattr(prepared, PROVENANCE, Provenance(environment, netrc, authorization, jar, headers.get("Cookie")))
+    cookie = headers.get("Cookie")
+    setattr(prepared, PROVENANCE, Provenance(environment, netrc, authorization, jar, cookie, callers))
 
 
 def readdress(
@@ -180,9 +192,10 @@ def readdress(
     request addressed to ``target`` directly:
 
     - a ``.netrc`` credential of the host asked for is never sent to another
-      backend: ``target`` gets its own ``.netrc`` entry, else the userinfo of
-      its configured URL, else nothing; an ``Authorization`` the caller set
-      (``auth=``, a header, userinfo in the URL asked for) is kept;
+      backend: ``target`` gets its own ``.netrc`` entry (which, as in
+      requests, overrides an ``Authorization`` of ``headers=``), else the
+      caller's ``Authorization`` header, else the userinfo of its configured
+      URL, else nothing; ``auth=`` (no ``.netrc`` then) is kept;
     - a ``Secure`` cookie is never sent over plain ``http://``: the ``Cookie``
       header is computed again from the jar without them.
 
@@ -195,7 +208,11 @@ def readdress(
     headers = outgoing.headers
     if provenance.netrc and headers.get("Authorization") == provenance.authorization:
         headers.pop("Authorization", None)
-        auth = provenance.environment.netrc_auth(target.origin) or target.auth
+        auth = provenance.environment.netrc_auth(target.origin)
+        if auth is None and provenance.callers is not None:
+            headers["Authorization"] = provenance.callers  # the caller's, as sent had no .netrc entry matched
+        elif auth is None:
+            auth = target.auth
     if (
         provenance.jar is not None
         and provenance.cookie is not None
@@ -205,6 +222,7 @@ def readdress(
     ):
         plain = outgoing.copy()
         plain.url = "http:" + (request.url or "")[len("https:") :]  # the URL asked for, over plain http
+        plain.headers.pop("Cookie", None)  # the jar adds none to a request that has one
         cookie = get_cookie_header(provenance.jar, plain)
         if cookie:
             headers["Cookie"] = cookie

@@ -227,6 +227,7 @@ class FailoverSession(requests.Session):
         if not isinstance(cookies, cookielib.CookieJar):
             cookies = cookiejar_from_dict(cookies)
         merged_cookies = merge_cookies(merge_cookies(RequestsCookieJar(), self.cookies), cookies)
+        headers = merge_setting(request.headers, self.headers, dict_class=CaseInsensitiveDict)
         prepared = requests.PreparedRequest()
         prepared.prepare(
             method=(request.method or "").upper(),
@@ -234,13 +235,14 @@ class FailoverSession(requests.Session):
             files=request.files,
             data=request.data,
             json=request.json,
-            headers=merge_setting(request.headers, self.headers, dict_class=CaseInsensitiveDict),
+            headers=headers,
             params=merge_setting(request.params, self.params),
             auth=merge_setting(auth, self.auth),
             cookies=merged_cookies,
             hooks=merge_hooks(request.hooks, self.hooks),
         )
-        mark(prepared, self._environment, netrc, merged_cookies)
+        callers = headers.get("Authorization") if netrc and auth is not None and headers else None
+        mark(prepared, self._environment, netrc, merged_cookies, callers)
         prepared.register_hook("response", _KeepCookies(self.cookies, prepared.url or ""))  # type: ignore[no-untyped-call]
         return prepared
 
@@ -336,6 +338,8 @@ class _KeepCookies:
     def __init__(self, jar: cookielib.CookieJar, asked: str) -> None:
         self._jar = jar
         self._asked = asked
+        host_of: Any = getattr(cookielib, "eff_request_host")  # noqa: B009 - not in typeshed's stub
+        self._host_only: str = host_of(_Asked(asked))[1]
 
     def __call__(self, response: requests.Response, **kwargs: Any) -> None:
         sent = response.request
@@ -352,5 +356,19 @@ class _KeepCookies:
             if not cookie.domain_specified or asked_host == domain or asked_host.endswith("." + domain):
                 continue  # requests stores it under the URL asked for itself
             kept = copy.copy(cookie)
-            kept.domain, kept.domain_specified, kept.domain_initial_dot = asked_host, False, False
+            # a host-only cookie of the host asked for, spelled as the jar spells one it sets itself
+            kept.domain, kept.domain_specified, kept.domain_initial_dot = self._host_only, False, False
             self._jar.set_cookie(kept)
+
+
+class _Asked:
+    """The URL asked for, as ``http.cookiejar`` reads a request."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def get_full_url(self) -> str:
+        return self._url
+
+    def get_header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return default

@@ -206,3 +206,231 @@ def test_store_urls_with_options_that_cannot_work_are_rejected(url, says):
 def test_store_url_options_redis_accepts_are_accepted(tmp_path):
     store = RedisStore.from_url("redis://127.0.0.1:1/0?protocol=2&socket_timeout=0.5&health_check_interval=5")
     store.close()
+
+
+# -- proxies: each backend's own, for requests and probes --------------------------------------------------------
+
+
+class RecordingProxy:
+    """A real forward HTTP proxy on loopback: records each absolute-form request line, forwards it."""
+
+    def __init__(self) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.lines: List[str] = []
+        self.headers: List[dict] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                proxy.lines.append(f"{self.command} {self.path}")
+                proxy.headers.append(dict(self.headers))
+                target = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                try:
+                    upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                    path = target.path + (f"?{target.query}" if target.query else "")
+                    upstream.request(self.command, path or "/", body=body, headers=headers)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                    status, answer_headers = answer.status, answer.getheaders()
+                    upstream.close()
+                except OSError:
+                    status, answer_headers, data = 502, [], b"bad gateway"
+                self.send_response(status)
+                for name, value in answer_headers:
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy()
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.parametrize("excluded", ["primary", "secondary"])
+def test_each_backend_is_probed_and_requested_with_its_own_proxy_settings(
+    excluded, primary, secondary, recording_proxy, monkeypatch
+):
+    """NO_PROXY names one backend's host ("localhost"), the other (127.0.0.1) goes through
+    HTTP_PROXY. Probes of each backend and requests failed over to it use the settings requests
+    would pick for that backend's own URL, whichever backend the triggering request was for:
+    never a probe with its API key through a proxy the backend is excluded from, never a
+    direct probe bypassing the proxy of a backend that needs it."""
+    by_name = {
+        "primary": f"http://localhost:{primary.port}" if excluded == "primary" else primary.url,
+        "secondary": f"http://localhost:{secondary.port}" if excluded == "secondary" else secondary.url,
+    }
+    proxied = "secondary" if excluded == "primary" else "primary"
+    monkeypatch.setenv("HTTP_PROXY", recording_proxy.url)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    backends = [by_name["primary"], by_name["secondary"]]
+    with FailoverSession(backends, state_file=False, health_headers={"X-Probe-Key": "k"}) as session:
+        assert session.get(by_name["primary"] + "/first").json()["server"] == "primary"
+        session.force_refresh()
+        primary.set("refuse")
+        assert session.get(by_name["primary"] + "/moved").json()["server"] == "secondary"
+    through_proxy = list(recording_proxy.lines)
+    assert through_proxy, "the proxied backend was reached through the proxy"
+    assert all(line.split()[1].startswith(by_name[proxied] + "/") for line in through_proxy), through_proxy
+    assert not any("localhost" in line for line in through_proxy), "the excluded host never went through the proxy"
+    proxied_server = primary if proxied == "primary" else secondary
+    direct_server = secondary if proxied == "primary" else primary
+    probe_lines = [line for line in through_proxy if line.endswith("/health")]
+    assert probe_lines, "the proxied backend's probes went through the proxy"
+    assert len(probe_lines) == len(proxied_server.probes), "every probe of the proxied backend went through it"
+    assert direct_server.probes, "the excluded backend was probed"
+    assert all(not h.path.startswith("http") for h in direct_server.hits()), "directly (origin-form request lines)"
+
+
+# -- .netrc, cookies, redirects: decided again for the backend actually used ---------------------------------------
+
+#: These rules need one line in adapter._rewrite (owned by the helper rewriting send): after
+#: ``outgoing.url = target.url + rest``, ``auth = readdress(request, outgoing, target, auth)``
+#: (``from ._environment import readdress``). Until it is merged, they fail as expected.
+NEEDS_REWRITE_LINE = pytest.mark.xfail(
+    not hasattr(__import__("requests_failover.adapter").adapter, "readdress"),
+    reason="needs the one line in adapter._rewrite that calls _environment.readdress",
+    strict=True,
+)
+
+
+def basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def netrc_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(path))
+    return path
+
+
+def write_netrc(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+@NEEDS_REWRITE_LINE
+def test_netrc_credentials_stay_with_their_host(primary, secondary, netrc_file):
+    """The primary is "localhost", the secondary 127.0.0.1 (netrc matches host names, not ports).
+    The primary's .netrc credential never reaches the secondary: it gets its own entry, else
+    its URL's userinfo, else nothing; the caller's auth= keeps winning everywhere."""
+    first = f"http://localhost:{primary.port}"
+    write_netrc(netrc_file, "machine localhost login alice password primary-only\n")
+    with FailoverSession([first, secondary.url], state_file=False) as session:
+        session.get(first + "/a")
+        assert primary.requests[-1].headers["Authorization"] == basic("alice", "primary-only")
+        primary.set("refuse")
+        assert session.get(first + "/b").json()["server"] == "secondary"
+        assert "Authorization" not in secondary.requests[-1].headers, "no entry, no userinfo: nothing"
+        write_netrc(
+            netrc_file,
+            "machine localhost login alice password primary-only\nmachine 127.0.0.1 login bob password own\n",
+        )
+        session.get(first + "/c")
+        assert secondary.requests[-1].headers["Authorization"] == basic("bob", "own")
+        session.get(first + "/d", auth=("carol", "explicit"))
+        assert secondary.requests[-1].headers["Authorization"] == basic("carol", "explicit")
+        session.get(first + "/e", headers={"Authorization": "Bearer caller"})
+        assert secondary.requests[-1].headers["Authorization"] == basic("bob", "own"), "requests: .netrc wins"
+        write_netrc(netrc_file, "machine localhost login alice password primary-only\n")
+        session.get(first + "/g", headers={"Authorization": "Bearer caller"})
+        assert secondary.requests[-1].headers["Authorization"] == "Bearer caller", "no entry: the caller's"
+    write_netrc(netrc_file, "machine localhost login alice password primary-only\n")
+    userinfo = secondary.url.replace("http://", "http://dave:configured@")
+    with FailoverSession([first, userinfo], state_file=False) as session:
+        assert session.get(first + "/f").json()["server"] == "secondary"
+        assert secondary.requests[-1].headers["Authorization"] == basic("dave", "configured")
+    assert all("primary-only" not in h.headers.get("Authorization", "") for h in secondary.requests)
+
+
+@NEEDS_REWRITE_LINE
+def test_a_secure_cookie_never_goes_to_a_plain_http_backend(secondary):
+    """An https primary (nothing listens: refused) fails over to a plain http secondary:
+    the jar's Secure cookie, sent to the https URL asked for, is left out there."""
+    first = f"https://127.0.0.1:{free_port()}"
+    with FailoverSession([first, secondary.url], state_file=False, hedge_delay=None) as session:
+        session.cookies.set("token", "secure-value", secure=True)
+        session.cookies.set("plain", "1")
+        assert session.get(first + "/x").json()["server"] == "secondary"
+        assert secondary.requests[-1].headers.get("Cookie") == "plain=1"
+        session.cookies.clear()
+        session.cookies.set("token", "secure-value", secure=True)
+        session.get(first + "/y")
+        assert "Cookie" not in secondary.requests[-1].headers
+
+
+def test_cookies_set_during_failover_are_kept_for_the_url_asked_for(primary, secondary):
+    """The primary is "localhost" (refused), the secondary 127.0.0.1 answers. A cookie it sets
+    host-only, or scoped with Domain= to its own host, is kept (requests would drop the
+    latter: it does not domain-match the host asked for) and sent with the next request; a
+    cookie the primary set before is sent to the secondary after failover (one service)."""
+    first = f"http://localhost:{primary.port}"
+    primary.set(routes={"/login": (200, {"Set-Cookie": "from_primary=p; Path=/"})})
+    secondary.set(
+        routes={
+            "/host": (200, {"Set-Cookie": "host_only=h; Path=/"}),
+            "/domain": (200, {"Set-Cookie": "scoped=d; Domain=127.0.0.1; Path=/"}),
+            "/foreign": (200, {"Set-Cookie": "foreign=f; Domain=example.com; Path=/"}),
+        }
+    )
+    with FailoverSession([first, secondary.url], state_file=False) as session:
+        session.get(first + "/login")
+        primary.set("refuse")
+        for path in ("/host", "/domain", "/foreign"):
+            assert session.get(first + path).json()["server"] == "secondary"
+        session.get(first + "/next")
+        sent = secondary.requests[-1].headers.get("Cookie", "")
+        assert sorted(sent.split("; ")) == ["from_primary=p", "host_only=h", "scoped=d"]
+        assert "foreign" not in {c.name for c in session.cookies}, "a Domain= the backend does not match: refused"
+
+
+def test_a_redirect_to_a_configured_backend_keeps_authorization(primary, secondary, tertiary):
+    """The primary is down; the secondary redirects to a URL of the primary: followed on the
+    secondary with the caller's Authorization (the configured backends are one origin). A
+    redirect to any other host strips it, as requests does."""
+    primary.set("refuse")
+    secondary.set(
+        routes={
+            "/start": (302, {"Location": primary.url + "/next"}),
+            "/away": (302, {"Location": tertiary.url + "/elsewhere"}),
+        }
+    )
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        answer = session.get(primary.url + "/start", headers={"Authorization": "Bearer t0ken"})
+        assert answer.json() == {"server": "secondary", "method": "GET", "path": "/next", "body": ""}
+        assert secondary.requests[-1].headers.get("Authorization") == "Bearer t0ken"
+        answer = session.get(primary.url + "/away", headers={"Authorization": "Bearer t0ken"})
+        assert answer.json()["server"] == "tertiary"
+    assert tertiary.requests[-1].path == "/elsewhere"
+    assert "Authorization" not in tertiary.requests[-1].headers
