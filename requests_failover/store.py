@@ -316,7 +316,10 @@ class RedisStore:
             self.unwatch(namespace)  # a fresh subscription next time
             raise
         if message is not None and message.get("type") == "message":
-            return bytes(message["data"])
+            # redis-py has already read the whole message (it offers no bound: see
+            # docs/security.rst); what is passed on is at most one byte over the limit,
+            # enough for decode() to ignore it as too large without another copy.
+            return bytes(message["data"][: MAX_DOCUMENT_BYTES + 1])
         return None
 
     def unwatch(self, namespace: str) -> None:
