@@ -132,8 +132,31 @@ _QUERY_OPTIONS: Dict[str, Callable[[str], bool]] = {
     "timeout": _seconds,
     "socket_keepalive": _flag,
     "health_check_interval": _count(0, 86400),
-    "ssl_check_hostname": _flag,
     "max_connections": _count(1, 1 << 16),
+}
+
+
+def _text(value: str) -> bool:
+    if not value:
+        raise ValueError("expected a value")
+    return True
+
+
+def _cert_reqs(value: str) -> bool:
+    if value.lower() not in ("none", "optional", "required"):
+        raise ValueError("expected none, optional or required")
+    return True
+
+
+#: TLS options, for ``rediss://`` only (passed to redis-py's SSL connection).
+_TLS_OPTIONS: Dict[str, Callable[[str], bool]] = {
+    "ssl_check_hostname": _flag,
+    "ssl_ca_certs": _text,
+    "ssl_ca_path": _text,
+    "ssl_certfile": _text,
+    "ssl_keyfile": _text,
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_ciphers": _text,
 }
 
 
@@ -167,10 +190,13 @@ def check_url(url: str, argument: str = "state_store") -> None:
         raise ValueError(f"{argument}: {shown!r}: the path must be a database number")
     if parts.fragment:
         raise ValueError(f"{argument}: {shown!r} cannot carry a fragment")
+    options = {**_QUERY_OPTIONS, **_TLS_OPTIONS} if parts.scheme == "rediss" else _QUERY_OPTIONS
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        check = _QUERY_OPTIONS.get(name)
+        check = options.get(name)
+        if check is None and name in _TLS_OPTIONS:
+            raise ValueError(f"{argument}: {shown!r}: option {name!r} needs a rediss:// URL")
         if check is None:
-            known = ", ".join(sorted(_QUERY_OPTIONS))
+            known = ", ".join(sorted(options))
             raise ValueError(f"{argument}: {shown!r}: unknown option {name!r} (known: {known})")
         try:
             check(value)

@@ -193,7 +193,9 @@ def test_backend_urls_that_cannot_work_are_rejected(backend, says):
         ("redis://127.0.0.1/0?colour=blue", "unknown option 'colour'"),
         ("redis://127.0.0.1/0?socket_timeout=-1", "option socket_timeout='-1': expected seconds > 0"),
         ("redis://127.0.0.1/0?socket_timeout=nan", "option socket_timeout='nan': expected seconds > 0"),
-        ("redis://127.0.0.1/0?ssl_check_hostname=maybe", "expected a boolean"),
+        ("rediss://127.0.0.1/0?ssl_check_hostname=maybe", "expected a boolean"),
+        ("redis://127.0.0.1/0?ssl_ca_certs=/ca.pem", "option 'ssl_ca_certs' needs a rediss:// URL"),
+        ("rediss://127.0.0.1/0?ssl_cert_reqs=sometimes", "expected none, optional or required"),
         ("redis://127.0.0.1/0#x", "cannot carry a fragment"),
     ],
 )
@@ -205,6 +207,8 @@ def test_store_urls_with_options_that_cannot_work_are_rejected(url, says):
 
 def test_store_url_options_redis_accepts_are_accepted(tmp_path):
     store = RedisStore.from_url("redis://127.0.0.1:1/0?protocol=2&socket_timeout=0.5&health_check_interval=5")
+    store.close()
+    store = RedisStore.from_url("rediss://127.0.0.1:1/0?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required")
     store.close()
 
 
