@@ -284,7 +284,7 @@ class SharedStore:
 
     def status(self) -> StoreStatus:
         breaker = self._breaker
-        return {"location": self.remote.location, "reachable": breaker.reachable, "last_error": breaker.error}
+        return {"location": breaker.location, "reachable": breaker.reachable, "last_error": breaker.error}
 
     # -- reading ---------------------------------------------------------------------------------------
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
@@ -340,7 +340,9 @@ class SharedStore:
         data = encode(known)
         if self.remote.compare_and_set(self.name, None, data):
             self._raw = data
-            log.warning("state store %s had no selection for this backend set; rebuilt it", self.remote.location)
+            log.warning(
+                "state store %s had no selection for this backend set; rebuilt it", redact.url(self.remote.location)
+            )
         return True
 
     def _decode(self, raw: Optional[bytes], now: float) -> Optional[State]:
@@ -349,7 +351,7 @@ class SharedStore:
         try:
             return decode(raw, self._backends, now)
         except ValueError as exc:
-            message = f"ignoring the selection in state store {self.remote.location}: {exc}"
+            message = f"ignoring the selection in state store {redact.url(self.remote.location)}: {exc}"
             self._complained = complain_once(self._complained, message)
             return None
 
@@ -372,7 +374,9 @@ class SharedStore:
                         self._mirror(new)
                         return new
                     raw = self.remote.get(self.name)
-                log.warning("state store %s: too many concurrent updates; this one stays here", self.remote.location)
+                log.warning(
+                    "state store %s: too many concurrent updates; this one stays here", redact.url(self.remote.location)
+                )
             except Exception as exc:
                 self._breaker.failed(exc)
         new = self._local.update(fn, current, now)

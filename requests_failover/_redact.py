@@ -54,7 +54,7 @@ _IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]*@")
 
 def text(message: str) -> str:
     """``message`` with the userinfo of every URL in it masked (up to the last ``@`` before a space or quote)."""
-    return _IN_TEXT.sub(lambda m: f"{m.group(1)}{MASK}@", message)
+    return _IN_TEXT.sub(lambda m: url(m.group(0) + "host")[: -len("host")], message)
 
 
 def secrets_of(text: str) -> Tuple[str, ...]:

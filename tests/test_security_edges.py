@@ -438,3 +438,30 @@ def test_a_redirect_to_a_configured_backend_keeps_authorization(primary, seconda
         assert answer.json()["server"] == "tertiary"
     assert tertiary.requests[-1].path == "/elsewhere"
     assert "Authorization" not in tertiary.requests[-1].headers
+
+
+class _FailingStore:
+    """A store of the user's whose location carries a password, and that never answers."""
+
+    location = "redis://user:Zx9-user-store@127.0.0.1:6379/0"
+
+    def get(self, namespace: str) -> None:
+        raise ConnectionError(f"cannot reach {self.location}")
+
+    compare_and_set = lease = release = watch = get  # type: ignore[assignment]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_users_store_location_is_shown_without_its_password(primary, secondary, tmp_path, caplog):
+    """status(), the warning and the error text show the location and error with the password masked."""
+    caplog.set_level(logging.DEBUG, logger="requests_failover")
+    store = _FailingStore()
+    with FailoverSession([primary.url, secondary.url], state_file=str(tmp_path / "s.json"), state_store=store) as s:
+        assert s.get(primary.url + "/").json()["server"] == "primary"
+        s.force_refresh()
+        status = s.status()["state_store"]  # type: ignore[index]
+    assert status["location"] == "redis://user@127.0.0.1:6379/0"
+    assert status["reachable"] is False and "redis://user@127.0.0.1:6379/0" in (status["last_error"] or "")
+    assert_absent("Zx9-user-store", json.dumps(status) + caplog.text)
