@@ -153,7 +153,8 @@ class Provenance(NamedTuple):
     ``netrc``: whether ``.netrc`` applies (``trust_env``, no ``auth=`` of the
     request or the session); ``authorization``: the ``Authorization`` value it
     gave for the URL asked for (None: no entry); ``cookie``: the ``Cookie``
-    value computed from ``jar`` for that URL (None: none).
+    value computed from ``jar`` for that URL (None: none); ``callers``: the
+    caller's ``Authorization`` that the entry replaced.
     """
 
     environment: Environment
@@ -167,17 +168,21 @@ class Provenance(NamedTuple):
 def mark(
     prepared: PreparedRequest,
     environment: Environment,
-    netrc: bool,
     jar: Optional[CookieJar],
+    *,
+    netrc: bool,
+    derived: bool,
     callers: Optional[str] = None,
 ) -> None:
     """Record on ``prepared`` which of its headers the session derived (not the caller).
 
-    ``callers``: the ``Authorization`` header the caller set, which a
-    ``.netrc`` entry replaced (requests lets ``.netrc`` override ``headers=``).
+    ``netrc``: whether ``.netrc`` applies to the request; ``derived``: whether
+    its ``Authorization`` came from ``.netrc``; ``callers``: the header the
+    caller set, which that entry replaced (requests lets ``.netrc`` override
+    ``headers=``).
     """
     headers = prepared.headers
-    authorization = headers.get("Authorization") if netrc else None
+    authorization = headers.get("Authorization") if derived else None
     cookie = headers.get("Cookie")
     setattr(prepared, PROVENANCE, Provenance(environment, netrc, authorization, jar, cookie, callers))
 
@@ -206,13 +211,19 @@ def readdress(
     if provenance is None:
         return auth
     headers = outgoing.headers
-    if provenance.netrc and headers.get("Authorization") == provenance.authorization:
-        headers.pop("Authorization", None)
-        auth = provenance.environment.netrc_auth(target.origin)
-        if auth is None and provenance.callers is not None:
-            headers["Authorization"] = provenance.callers  # the caller's, as sent had no .netrc entry matched
-        elif auth is None:
-            auth = target.auth
+    if provenance.netrc:
+        own = provenance.environment.netrc_auth(target.origin)
+        derived = provenance.authorization is not None and headers.get("Authorization") == provenance.authorization
+        if own is not None:  # as requests: an entry overrides headers=
+            headers.pop("Authorization", None)
+            auth = own
+        elif derived:  # the host asked for's entry: never sent on
+            headers.pop("Authorization", None)
+            if provenance.callers is not None:
+                headers["Authorization"] = provenance.callers
+                auth = None
+            else:
+                auth = target.auth
     if (
         provenance.jar is not None
         and provenance.cookie is not None

@@ -241,8 +241,9 @@ class FailoverSession(requests.Session):
             cookies=merged_cookies,
             hooks=merge_hooks(request.hooks, self.hooks),
         )
-        callers = headers.get("Authorization") if netrc and auth is not None and headers else None
-        mark(prepared, self._environment, netrc, merged_cookies, callers)
+        derived = netrc and auth is not None
+        callers = headers.get("Authorization") if derived and headers else None
+        mark(prepared, self._environment, merged_cookies, netrc=netrc, derived=derived, callers=callers)
         prepared.register_hook("response", _KeepCookies(self.cookies, prepared.url or ""))  # type: ignore[no-untyped-call]
         return prepared
 
@@ -276,7 +277,7 @@ class FailoverSession(requests.Session):
             prepared_request.prepare_auth(new_auth)
         if matched is not None:
             jar = getattr(prepared_request, "_cookies", None)
-            mark(prepared_request, self._environment, self.trust_env and new_auth is not None, jar)
+            mark(prepared_request, self._environment, jar, netrc=self.trust_env, derived=new_auth is not None)
 
     def _choice(self, url: str) -> Optional[BaseAdapter]:
         """The adapter requests would choose for ``url`` (first matching prefix)."""

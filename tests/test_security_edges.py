@@ -370,6 +370,9 @@ def test_netrc_credentials_stay_with_their_host(primary, secondary, netrc_file):
         write_netrc(netrc_file, "machine localhost login alice password primary-only\n")
         session.get(first + "/g", headers={"Authorization": "Bearer caller"})
         assert secondary.requests[-1].headers["Authorization"] == "Bearer caller", "no entry: the caller's"
+        write_netrc(netrc_file, "machine example.invalid login x password y\n")
+        session.get(first + "/h", headers={"Authorization": "Bearer caller"})
+        assert secondary.requests[-1].headers["Authorization"] == "Bearer caller", "no entry for either host"
     write_netrc(netrc_file, "machine localhost login alice password primary-only\n")
     userinfo = secondary.url.replace("http://", "http://dave:configured@")
     with FailoverSession([first, userinfo], state_file=False) as session:
