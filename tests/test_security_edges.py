@@ -468,3 +468,25 @@ def test_a_users_store_location_is_shown_without_its_password(primary, secondary
     assert status["location"] == "redis://user@127.0.0.1:6379/0"
     assert status["reachable"] is False and "redis://user@127.0.0.1:6379/0" in (status["last_error"] or "")
     assert_absent("Zx9-user-store", json.dumps(status) + caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:Zx9/k2+Q@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://default:Zx9/k2+Q@host:6379/0", "redis://default@host:6379/0"),
+        ("https://user:Zx9@at@primary.example/x", "https://user@primary.example/x"),
+        ("https://user:Zx9?q#f@primary.example", "https://user@primary.example"),
+        ("https://Zx9token@primary.example", "https://***@primary.example"),
+        ("https://user:Zx9pässwörd@primary.example:8443", "https://user@primary.example:8443"),
+        ("https://primary.example/path", "https://primary.example/path"),
+        ("not a url Zx9", "not a url Zx9"),
+    ],
+)
+def test_the_redaction_rule(url, shown):
+    """Everything between scheme:// and the last @ is userinfo; the user name stays when a
+    password follows it (a lone name may be a token). In free text, every URL is masked."""
+    from requests_failover import _redact
+
+    assert _redact.url(url) == shown
+    assert _redact.text(f"failed for '{url}' twice") == f"failed for '{shown}' twice"
