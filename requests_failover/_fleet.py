@@ -63,7 +63,7 @@ class _Breaker:
     """Whether a remote store may be tried now; one warning per outage."""
 
     def __init__(self, location: str, describe: Optional[Callable[[BaseException], str]] = None) -> None:
-        self.location = redact.url(location)  # a store of the user's may put a password in it
+        self.location = redact.url(location, names=True)  # a store of the user's may put a password in it
         self._describe = describe
         self.reachable: Optional[bool] = None
         self.error: Optional[str] = None
@@ -341,7 +341,8 @@ class SharedStore:
         if self.remote.compare_and_set(self.name, None, data):
             self._raw = data
             log.warning(
-                "state store %s had no selection for this backend set; rebuilt it", redact.url(self.remote.location)
+                "state store %s had no selection for this backend set; rebuilt it",
+                self._breaker.location,
             )
         return True
 
@@ -351,7 +352,7 @@ class SharedStore:
         try:
             return decode(raw, self._backends, now)
         except ValueError as exc:
-            message = f"ignoring the selection in state store {redact.url(self.remote.location)}: {exc}"
+            message = f"ignoring the selection in state store {self._breaker.location}: {exc}"
             self._complained = complain_once(self._complained, message)
             return None
 
@@ -375,7 +376,8 @@ class SharedStore:
                         return new
                     raw = self.remote.get(self.name)
                 log.warning(
-                    "state store %s: too many concurrent updates; this one stays here", redact.url(self.remote.location)
+                    "state store %s: too many concurrent updates; this one stays here",
+                    self._breaker.location,
                 )
             except Exception as exc:
                 self._breaker.failed(exc)

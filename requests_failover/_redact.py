@@ -34,9 +34,10 @@ def userinfo(url: str) -> Optional[str]:
     return rest.rpartition("@")[0]
 
 
-def url(text: str) -> str:
+def url(text: str, *, names: bool = False) -> str:
     """``text`` (a URL) without its password: ``scheme://user@host...`` (``scheme://***@host...``
-    when the userinfo is a name alone)."""
+    when the userinfo is a name alone, unless ``names``: a store's ``location``, which
+    by contract holds no password, keeps its user name)."""
     info = userinfo(text)
     if info is None:
         return text
@@ -45,7 +46,7 @@ def url(text: str) -> str:
     user, colon, _ = info.partition(":")
     # The user name stays when a password follows it (it says which account); a
     # lone name may itself be the secret (a token), so it is masked.
-    shown = user if colon and user else MASK
+    shown = user if user and (colon or names) else MASK
     return f"{match.group(0)}{shown}@{text[match.end() :].rpartition('@')[2]}"
 
 
