@@ -38,7 +38,7 @@ from ._config import (
     Options,
     build_options,
 )
-from ._environment import Environment
+from ._environment import Environment, readdress
 from ._health import describe_error
 from ._hedge import ConnectTimes, Race, has_idle_connection
 from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
@@ -661,6 +661,7 @@ def _rewrite(
     outgoing = request.copy()
     if target is not source:
         outgoing.url = target.url + rest
+        auth = readdress(request, outgoing, target, auth)
     if auth is not None:
         outgoing = HTTPBasicAuth(*auth)(outgoing)
     return outgoing
