@@ -41,6 +41,7 @@ DEFAULT_POOL_MAXSIZE = 10
 #: Seconds over which a backend taken back ramps from 10 % to all requests (0: at once).
 DEFAULT_SLOW_START = 20.0
 DEFAULT_DEMOTE_SLOW = True
+DEFAULT_HEDGE_REQUESTS = True
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -239,6 +240,7 @@ class Options:
     state_store: Any = None  # None, a redis:// or rediss:// URL, or a store object
     slow_start: float = DEFAULT_SLOW_START
     demote_slow: bool = DEFAULT_DEMOTE_SLOW
+    hedge_requests: bool = DEFAULT_HEDGE_REQUESTS
 
     def __repr__(self) -> str:
         """Every field, with the secrets hidden: header values and a store URL's userinfo."""
@@ -298,12 +300,15 @@ def build_options(
     slow_start: object = DEFAULT_SLOW_START,
     demote_slow: object = DEFAULT_DEMOTE_SLOW,
     environ: Optional[Mapping[str, str]] = None,
+    hedge_requests: object = DEFAULT_HEDGE_REQUESTS,
 ) -> Options:
     """Validate every argument once; errors name the argument at fault."""
     if not isinstance(allow_insecure, bool):
         raise TypeError(f"allow_insecure: expected a bool, got {type(allow_insecure).__name__}")
     if not isinstance(demote_slow, bool):
         raise TypeError(f"demote_slow: expected a bool, got {type(demote_slow).__name__}")
+    if not isinstance(hedge_requests, bool):
+        raise TypeError(f"hedge_requests: expected a bool, got {type(hedge_requests).__name__}")
     configured = _parse_backends(backends, argument="backends", allow_insecure=allow_insecure)
     env = os.environ if environ is None else environ
     override = env.get(ENV_BACKENDS, "").strip()
@@ -394,4 +399,5 @@ def build_options(
         state_store=_state_store(state_store, env),
         slow_start=_number("slow_start", slow_start, minimum=0),
         demote_slow=demote_slow,
+        hedge_requests=hedge_requests,
     )

@@ -1,4 +1,7 @@
-"""Racing a slow connect against the next backend's (Happy Eyeballs, RFC 8305, for backends).
+"""Two hedges against a slow backend: racing a slow connect, and hedging a slow answer.
+
+Racing a connect (Happy Eyeballs, RFC 8305, for backends)
+---------------------------------------------------------
 
 When an attempt needs a *new* connection and the connect to its backend has
 not completed within the hedge delay, a connect to the next backend of the
@@ -23,20 +26,59 @@ backend's recent connect times, as RFC 8305's connection attempt delay does::
 so a far-away backend whose TLS handshake takes 600 ms is not raced on every
 new connection. A pooled keep-alive connection is used as before: no race,
 no thread. Only a new connection costs one thread for its connect.
+
+After a race the first backend lost, that backend is *suspect* until its
+pending connect settles (connects late: its connection waits warm in its
+pool; fails: the backend is marked down): new connections of other requests
+go to the rival at once instead of each paying the hedge delay again
+(:class:`Suspects`).
+
+Hedging an answer (backup requests, as Finagle's and "The Tail at Scale")
+-------------------------------------------------------------------------
+A request that may be sent twice (GET, HEAD, OPTIONS, or one carrying an
+``Idempotency-Key``; never another method) whose answer is later than its
+backend's recent latency percentile is sent to the next backend too; the
+first complete answer wins and the other is abandoned: its response, when
+it comes, is closed with its connection (never returned to the pool
+half-read). The delay adapts, with a floor::
+
+    delay = max(0.05, min(2.0, p95(last 64 answer times of the backend)))
+
+Waiting for an answer with a time limit needs the request on another
+thread, which costs CPU and latency on every request. So hedging is *armed*
+for a backend only while it needs it: until it has answered
+``MIN_SAMPLES`` times (no history yet), and for ``ARMED_FOR`` answers after
+a slow one (an answer later than the delay, a read timeout, a lost hedge).
+A backend that answers fast is sent to on the caller's thread, as with no
+hedging at all. An armed attempt runs on a small pool of reusable worker
+threads (:class:`Workers`) while the caller waits. The extra load is bounded
+by the retry budget (:class:`._retry.RetryBudget`: about 5 % of requests).
 """
 
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from urllib3.util.connection import is_connection_dropped
+from ._urllib3 import has_idle_connection, put_conn, take_conn
 
-#: The longest delay, whatever the recent connect times (RFC 8305 suggests 2 s).
+__all__ = ["ConnectTimes", "Latencies", "Race", "Suspects", "Workers", "has_idle_connection"]
+
+#: The longest delay, whatever the recent connect or answer times (RFC 8305 suggests 2 s).
 MAX_DELAY = 2.0
 _HISTORY = 16
+#: The shortest delay before a slow answer is hedged (seconds), whatever the latencies.
+ANSWER_FLOOR = 0.05
+#: The answer-time percentile a hedge waits for.
+ANSWER_PERCENTILE = 0.95
+#: Answers a backend gives before its latency history counts (hedging is armed until then).
+MIN_SAMPLES = 8
+#: Answers during which hedging stays armed after a slow one.
+ARMED_FOR = 64
+_ANSWERS = 64
 
 
 class ConnectTimes:
@@ -57,21 +99,6 @@ class ConnectTimes:
             return floor
         p90 = recent[min(len(recent) - 1, int(len(recent) * 0.9))]
         return max(floor, min(MAX_DELAY, 3.0 * p90))
-
-
-def has_idle_connection(pool: Any) -> bool:
-    """Whether ``pool`` holds a pooled connection that is still open (advisory)."""
-    queue = getattr(getattr(pool, "pool", None), "queue", None)
-    if queue is None:
-        return False
-    for conn in list(queue):
-        if conn is not None and getattr(conn, "sock", None) is not None:
-            try:
-                if not is_connection_dropped(conn):
-                    return True
-            except Exception:  # an unusual connection class: assume it is usable
-                return True
-    return False
 
 
 class Candidate:
@@ -118,7 +145,7 @@ class Race:
         # Take a slot of the pool (its queue is pre-filled with placeholders):
         # a connection put back without one is discarded as "pool is full".
         pool = candidate.pool
-        conn = pool._get_conn()
+        conn = take_conn(pool)
         conn.timeout = self._timeout
         started = time.monotonic()
         try:
@@ -126,7 +153,7 @@ class Race:
                 conn.connect()
         except BaseException as exc:  # reported to the waiting request or as a lost failure
             conn.close()
-            pool._put_conn(None)  # the slot goes back, as urllib3 does after a failed connect
+            put_conn(pool, None)  # the slot goes back, as urllib3 does after a failed connect
             with self._changed:
                 candidate.error, candidate.done = exc, True
                 lost = candidate.reported = self.winner is not None
@@ -135,7 +162,7 @@ class Race:
                 self._on_lost_failure(candidate.name, exc)
             return
         self._times.add(candidate.name, time.monotonic() - started)
-        pool._put_conn(conn)  # warm: the winner's request takes it (LIFO), a loser's waits there
+        put_conn(pool, conn)  # warm: the winner's request takes it (LIFO), a loser's waits there
         with self._changed:
             candidate.done = True
             if self.winner is None:
@@ -176,3 +203,155 @@ class Race:
             for candidate in taken:
                 candidate.reported = True
             return [(c.name, c.error) for c in taken if c.error is not None]
+
+
+class Suspects:
+    """Backends whose connect lost a race and is still pending: new connections go elsewhere first.
+
+    Reading is lock-free (one dict lookup and a flag): it runs for every new
+    connection of every request.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Dict[str, Candidate] = {}
+
+    def add(self, name: str, candidate: Candidate) -> None:
+        self._pending[name] = candidate
+
+    def __contains__(self, name: str) -> bool:
+        candidate = self._pending.get(name)
+        if candidate is None:
+            return False
+        if candidate.done:
+            self._pending.pop(name, None)
+            return False
+        return True
+
+
+class _Answers:
+    """One backend's recent answer times and its hedging state."""
+
+    __slots__ = ("armed", "count", "delay", "times")
+
+    def __init__(self) -> None:
+        self.times: Deque[float] = collections.deque(maxlen=_ANSWERS)
+        self.delay = ANSWER_FLOOR
+        self.armed = MIN_SAMPLES  # answers left during which hedging is armed
+        self.count = 0
+
+
+class Latencies:
+    """Recent answer times per backend: the answer hedge delay, and whether hedging is armed.
+
+    :meth:`add` runs once per answer on the request's thread: no lock (a
+    deque append and a few integer updates; a lost update under a race of
+    two threads only shifts the percentile by one sample).
+    """
+
+    def __init__(self) -> None:
+        self._answers: Dict[str, _Answers] = {}
+
+    def _of(self, backend: str) -> _Answers:
+        answers = self._answers.get(backend)
+        if answers is None:
+            answers = self._answers.setdefault(backend, _Answers())
+        return answers
+
+    def armed(self, backend: str) -> bool:
+        """Whether an answer from ``backend`` should be waited for with a hedge ready."""
+        answers = self._answers.get(backend)
+        return answers is None or answers.armed > 0
+
+    def delay(self, backend: str) -> float:
+        """Seconds to wait for ``backend``'s answer before hedging it."""
+        answers = self._answers.get(backend)
+        return ANSWER_FLOOR if answers is None else answers.delay
+
+    def add(self, backend: str, seconds: float) -> None:
+        """``backend`` answered in ``seconds``."""
+        answers = self._of(backend)
+        answers.times.append(seconds)
+        answers.count += 1
+        if seconds > answers.delay:
+            answers.armed = ARMED_FOR
+        elif answers.armed > 0:
+            answers.armed -= 1
+        if answers.count % _HISTORY == 0 or answers.count <= MIN_SAMPLES:
+            answers.delay = _percentile_delay(answers.times)
+
+    def slow(self, backend: str, seconds: float) -> None:
+        """``backend`` took at least ``seconds`` (a read timeout, an abandoned answer): arm hedging."""
+        answers = self._of(backend)
+        answers.times.append(seconds)
+        answers.count += 1
+        answers.armed = ARMED_FOR
+        answers.delay = _percentile_delay(answers.times)
+
+
+def _percentile_delay(times: Deque[float]) -> float:
+    recent = sorted(times)
+    if not recent:
+        return ANSWER_FLOOR
+    value = recent[min(len(recent) - 1, int(len(recent) * ANSWER_PERCENTILE))]
+    return max(ANSWER_FLOOR, min(MAX_DELAY, value))
+
+
+class Workers:
+    """A small pool of reusable threads for armed attempts (see the module docstring).
+
+    A job goes to an idle worker, else to a new one while fewer than
+    ``limit`` exist; beyond that :meth:`submit` returns False and the caller
+    sends on its own thread, unhedged. A worker idle for ``idle`` seconds
+    ends, so a process that stopped hedging holds no thread.
+    """
+
+    def __init__(self, limit: int = 32, idle: float = 30.0) -> None:
+        self._limit = limit
+        self._idle_seconds = idle
+        self._lock = threading.Lock()
+        self._idle: List[queue.SimpleQueue[Optional[Callable[[], None]]]] = []
+        self._count = 0
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Run ``job`` on a worker thread; False when every worker is busy and no more may start."""
+        with self._lock:
+            if self._idle:
+                inbox: Optional[queue.SimpleQueue[Optional[Callable[[], None]]]] = self._idle.pop()
+            elif self._count < self._limit:
+                self._count += 1
+                inbox = None
+            else:
+                return False
+        if inbox is not None:
+            inbox.put(job)
+        else:
+            threading.Thread(target=self._work, args=(job,), name="requests-failover-hedge", daemon=True).start()
+        return True
+
+    def _work(self, job: Optional[Callable[[], None]]) -> None:
+        inbox: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
+        while job is not None:
+            try:
+                job()
+            except BaseException:  # a job reports its own errors; never lose the worker to one
+                pass
+            with self._lock:
+                self._idle.append(inbox)
+            try:
+                job = inbox.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        self._count -= 1
+                        return
+                job = inbox.get()  # handed a job just as the wait ended
+        with self._lock:
+            self._count -= 1
+
+    def close(self) -> None:
+        """Let idle workers end now (busy ones end after their job)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)

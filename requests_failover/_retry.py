@@ -131,20 +131,34 @@ def backoff(retry_delay: float, round_: int, rng: Union[random.Random, Any] = ra
 
 @dataclass
 class RetryBudget:
-    """A token bucket limiting *repeats* of a backend, as gRPC's retry throttling.
+    """How much extra load one adapter's requests may add: repeats and hedges.
 
-    Each failed attempt takes one token, each success gives back ``ratio``;
-    a repeat is allowed only while more than half the tokens remain. The first
-    attempt on each backend is never throttled: failing over to a backend not
-    yet tried adds at most one request per backend. Repeats, which multiply
-    load on sick backends, stop when failures dominate.
+    Repeats (a backend tried again within one request) are limited by a token
+    bucket, as gRPC's retry throttling: each failed attempt takes one token,
+    each success gives back ``ratio``; a repeat is allowed only while more
+    than half the tokens remain. The first attempt on each backend is never
+    throttled: failing over to a backend not yet tried adds at most one
+    request per backend. Repeats, which multiply load on sick backends, stop
+    when failures dominate.
+
+    Hedges (a slow answer's request sent to a second backend, see
+    :mod:`._hedge`) share that bucket (no hedge while repeats are throttled)
+    and draw on a second one, Finagle's ``maxExtraLoad``: every request
+    deposits ``extra_ratio`` hedges, up to ``extra_capacity``, and each hedge
+    takes one. Over any stretch of ``n`` requests, at most
+    ``extra_capacity + extra_ratio * n`` are hedged: under saturation, when
+    every answer is slow, hedging adds ``extra_ratio`` (5 %) to the load and
+    never doubles it.
     """
 
     capacity: float = 10.0
     ratio: float = 0.1
+    extra_ratio: float = 0.05
+    extra_capacity: float = 3.0
 
     def __post_init__(self) -> None:
         self._tokens = self.capacity
+        self._extra = self.extra_capacity
         self._lock = threading.Lock()
 
     def failed(self) -> None:
@@ -158,3 +172,17 @@ class RetryBudget:
 
     def allows_repeat(self) -> bool:
         return self._tokens > self.capacity / 2
+
+    def requested(self) -> None:
+        """A request started: it earns ``extra_ratio`` of a hedge (no lock while the bucket is full)."""
+        if self._extra < self.extra_capacity:
+            with self._lock:
+                self._extra = min(self.extra_capacity, self._extra + self.extra_ratio)
+
+    def take_hedge(self) -> bool:
+        """Take one hedge from the budget; False (nothing taken) when it is spent or repeats are throttled."""
+        with self._lock:
+            if self._extra < 1.0 - 1e-9 or not self._tokens > self.capacity / 2:
+                return False
+            self._extra -= 1.0
+            return True

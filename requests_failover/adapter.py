@@ -9,9 +9,12 @@ to the transport, untouched.
 
 from __future__ import annotations
 
+import inspect
 import os
+import queue
+import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
@@ -21,6 +24,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from . import _runtime
+from ._attempts import Attempt, Attempts, Outcome, may_hedge
 from ._config import (
     DEFAULT_CACHE_TTL,
     DEFAULT_DEMOTE_SLOW,
@@ -28,6 +32,7 @@ from ._config import (
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD,
     DEFAULT_HEDGE_DELAY,
+    DEFAULT_HEDGE_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
@@ -40,11 +45,11 @@ from ._config import (
 )
 from ._environment import Environment, readdress
 from ._health import describe_error
-from ._hedge import ConnectTimes, Race, has_idle_connection
-from ._retry import RetryBudget, Verdict, backoff, classify, never_connected, retry_after
-from ._selection import SLOW_READ_TIMEOUT, Selection, Status
+from ._hedge import ConnectTimes, Latencies, Race, Suspects, Workers, has_idle_connection
+from ._retry import RetryBudget, Verdict
+from ._selection import Selection, Status
+from ._urllib3 import is_managed
 from .events import AttemptEvent, Observer, SwitchEvent, emit
-from .exceptions import AllBackendsFailed, all_failed_type
 from .store import StateStore
 
 __all__ = ["FailoverAdapter"]
@@ -112,6 +117,11 @@ class FailoverAdapter(HTTPAdapter):
         others' (or that hit a read timeout) after them, even while its
         health probes pass, for a cool-down of 5 s doubling to 5 min; False
         turns latency-aware demotion off.
+    :param hedge_requests: hedge slow answers: a GET, HEAD or OPTIONS request
+        (or any carrying an ``Idempotency-Key``) whose answer is later than
+        its backend's recent p95 (at least 50 ms) is sent to the next backend
+        too, and the first answer wins; within a budget of about 5 % extra
+        requests. False turns it off (see :mod:`._hedge`).
     """
 
     __attrs__ = [*HTTPAdapter.__attrs__, "_options", "_transport", "trust_env"]
@@ -149,6 +159,7 @@ class FailoverAdapter(HTTPAdapter):
         pool_block: bool = False,
         slow_start: float = DEFAULT_SLOW_START,
         demote_slow: bool = DEFAULT_DEMOTE_SLOW,
+        hedge_requests: bool = DEFAULT_HEDGE_REQUESTS,
     ) -> None:
         options = build_options(
             backends,
@@ -169,6 +180,7 @@ class FailoverAdapter(HTTPAdapter):
             state_store=state_store,
             slow_start=slow_start,
             demote_slow=demote_slow,
+            hedge_requests=hedge_requests,
         )
         if transport is not None and not callable(getattr(transport, "send", None)):
             raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
@@ -199,6 +211,9 @@ class FailoverAdapter(HTTPAdapter):
         self._by_url: Dict[str, Backend] = {b.url: b for b in self._options.targets}
         self._pools: Dict[Any, Any] = {}  # urllib3 pools by (origin, verify, cert), for the connect race
         self._connect_times = ConnectTimes()
+        self._suspects = Suspects()
+        self._latencies = Latencies()
+        self._workers = Workers()
         _runtime.reset_after_fork(self)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -214,6 +229,8 @@ class FailoverAdapter(HTTPAdapter):
         """
         HTTPAdapter.close(self)
         self._drop_pools()
+        self._workers = Workers()  # the parent's worker threads do not exist here
+        self._suspects = Suspects()
         for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
             if isinstance(adapter, HTTPAdapter) and adapter is not self:
                 HTTPAdapter.close(adapter)  # the pools only (a subclass's close may do more)
@@ -261,6 +278,7 @@ class FailoverAdapter(HTTPAdapter):
     def close(self) -> None:
         """Stop background work, wait for probes in flight, then close every pooled socket."""
         self._selection.close()
+        self._workers.close()
         super().close()
         self._drop_pools()
         if self._transport is not None:
@@ -297,47 +315,61 @@ class FailoverAdapter(HTTPAdapter):
 
     def _still_pooled(self, pool: Any) -> bool:
         """Whether ``pool`` is still the pool manager's (not evicted, not closed)."""
-        container = getattr(self.poolmanager.pools, "_container", None)
-        if container is None or getattr(pool, "pool", None) is None:
-            return False
-        return any(value is pool for value in list(container.values()))
+        return is_managed(self.poolmanager, pool)
 
     def _drop_pools(self) -> None:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.close()
 
-    def _race(
-        self,
-        first: Backend,
-        rival: Backend,
-        outgoing: requests.PreparedRequest,
-        proxies: Optional[Mapping[str, str]],
-        timeout: Any,
-        kwargs: Mapping[str, Any],
-    ) -> Backend:
-        """The backend this attempt goes to: ``first``, or ``rival`` if its connect completes first.
+    def _connect(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> Attempt:
+        """Where ``attempt`` really goes: its backend, or the rival its slow new connect was raced against.
 
-        Only when ``first`` needs a new connection of our own pools (no adapter
-        of the user's, no proxy) and that connect is slower than the hedge
-        delay (see :mod:`._hedge`). Raises ``first``'s connect error when every
-        connect failed, as the attempt would have.
+        A backend whose connect lost a race and is still pending is skipped
+        for the rival at once (it is suspect, see :mod:`._hedge`); it is not
+        counted as tried then. Raises the connect error when every connect
+        failed, as the attempt would have.
         """
+        if self._options.hedge_delay is None or self._transport is not None or attempt.hedge:
+            return attempt
+        rival = attempts.rival()
+        if rival is None:
+            return attempt
+        first = attempt.backend
+        pool = self._raceable_pool(first, route, kwargs)
+        if pool is None or has_idle_connection(pool):
+            return attempt  # a user's adapter or a proxy sends; or a keep-alive connection: no race, no thread
+        if first.url in self._suspects:
+            return attempts.moved(attempt, rival, tried=False)
+        won = self._race(first, pool, rival, route, kwargs, attempt.timeout)
+        return attempt if won is first else attempts.moved(attempt, won)
+
+    def _attempt_proxies(self, backend: Backend, route: _Route) -> Any:
+        """The proxies of the request's attempts to ``backend`` (h22's :meth:`_proxies_for`, once per backend)."""
+        derived = route.derived
+        if backend.url not in derived:
+            derived[backend.url] = self._proxies_for(backend, route.source, route.proxies)
+        return derived[backend.url]
+
+    def _raceable_pool(self, backend: Backend, route: _Route, kwargs: Mapping[str, Any]) -> Any:
+        """Our own urllib3 pool for ``backend``, or None when another adapter or a proxy would send."""
+        outgoing = route.to(backend)
         url = outgoing.url or ""
-        if self._sender(url) is not None or _proxied(url, proxies):
-            return first
-        pool = self._pool(first, outgoing, kwargs)
-        if has_idle_connection(pool):
-            return first  # a keep-alive connection: no race, no thread
+        if self._sender(url) is not None or _proxied(url, self._attempt_proxies(backend, route)):
+            return None
+        return self._pool(backend, outgoing, kwargs)
+
+    def _race(
+        self, first: Backend, pool: Any, rival: Backend, route: _Route, kwargs: Mapping[str, Any], timeout: Any
+    ) -> Backend:
+        """``first``, or ``rival`` if its connect completes first (see :mod:`._hedge`)."""
         connect = timeout[0] if isinstance(timeout, tuple) else timeout
         race = Race(connect if isinstance(connect, (int, float)) else None, self._connect_times, self._lost_connect)
-        race.start(first.url, pool)
+        pending = race.start(first.url, pool)
         winner = race.wait(self._connect_times.delay(first.url, float(self._options.hedge_delay or 0.0)))
         if winner is None and not race.settled():  # still connecting after the delay: race the rival
-            rival_outgoing = outgoing.copy()
-            rival_outgoing.url = rival.url + url[len(first.url) :]
-            if self._sender(rival_outgoing.url or "") is None and not _proxied(rival_outgoing.url or "", proxies):
-                rival_pool = self._pool(rival, rival_outgoing, kwargs)
+            rival_pool = self._raceable_pool(rival, route, kwargs)
+            if rival_pool is not None:
                 if has_idle_connection(rival_pool):
                     race.adopt(rival.url)
                 else:
@@ -351,9 +383,11 @@ class FailoverAdapter(HTTPAdapter):
                     first_error = error
                 else:
                     self._lost_connect(name, error)
-            raise _connect_error(first_error, outgoing)
+            raise _connect_error(first_error, route.to(first))
         for name, error in errors:  # e.g. the first refused after the rival had started
             self._lost_connect(name, error)
+        if winner.name != first.url and not pending.done:
+            self._suspects.add(first.url, pending)  # new connections skip it until its connect settles
         return self._by_url[winner.name]
 
     def _lost_connect(self, url: str, error: BaseException) -> None:
@@ -438,156 +472,289 @@ class FailoverAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Optional[Mapping[str, str]] = None,
     ) -> requests.Response:
-        """Send ``request`` to the active backend, failing over as the policy allows."""
+        """Send ``request`` to the active backend, failing over as the policy allows.
+
+        A short chain: match the URL to a backend (else send as requests
+        would), keep the selection fresh, then let :class:`._attempts.Attempts`
+        say which attempt comes next while :meth:`_perform` sends each one.
+        """
         kwargs: Dict[str, Any] = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
         matched = self.match(request.url)
         if matched is None:
             return self._send_one(request, timeout=timeout, **kwargs)
-        source, rest = matched
-        if timeout is None:
-            timeout = self._options.default_timeout
-        started = time.monotonic()
-        deadline: Optional[float] = None  # computed when a second attempt is considered
-
+        route = _Route(request, matched[0], matched[1], proxies)
         self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
-        plan = self._selection.plan()
-        method = request.method
-        # A body that cannot be rewound may still go to another backend as long
-        # as no attempt has consumed any of it: a connection never opened read nothing.
-        replayable, pristine = _replayable(request), True
-        records: Optional[List[_Attempt]] = [] if self._options.observers else None
-        tries: Dict[str, int] = {}
-        no_repeat: Set[str] = set()  # backends that read-timed out: never twice in one request
-        failures: List[Tuple[str, str]] = []
-        errors: List[Tuple[Backend, BaseException]] = []
-        last_response: Optional[requests.Response] = None
-
+        attempts = Attempts(
+            self._selection.plan(),
+            request.method,
+            request.headers,
+            timeout=self._options.default_timeout if timeout is None else timeout,
+            started=time.monotonic(),
+            max_retries=self._options.max_retries,
+            retry_delay=self._options.retry_delay,
+            budget=self._budget,
+            replayable=_replayable(request),
+        )
         try:
-            for attempt in range(1 + self._options.max_retries):
-                backend = _next_backend(plan, tries, no_repeat)
-                if backend is None:
-                    break
-                if attempt:
-                    if not (replayable or pristine):
-                        break
-                    if attempt == 1:
-                        deadline = _deadline(timeout, started)
-                    if tries.get(backend.url):
-                        if not self._budget.allows_repeat():
-                            break
-                        delay = backoff(self._options.retry_delay, tries[backend.url])
-                        if deadline is not None and time.monotonic() + delay >= deadline:
-                            break
-                        _runtime.sleep(delay)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        break
-                    if request.body is not None and hasattr(request.body, "seek"):
-                        rewind_body(request)
-                tries[backend.url] = tries.get(backend.url, 0) + 1
-                outgoing = _rewrite(request, source, rest, backend)
-                if backend is not source:
-                    kwargs["proxies"] = self._proxies_for(backend, source, proxies)
-                else:
-                    kwargs["proxies"] = proxies
-                sent_at = time.monotonic()
-                try:
-                    attempt_timeout = _clip(timeout, deadline, attempt)
-                    if self._options.hedge_delay is not None and self._transport is None:
-                        rival = next((b for b in plan if not tries.get(b.url)), None)  # the next one not tried
-                        if rival is not None:
-                            won = self._race(backend, rival, outgoing, kwargs["proxies"], attempt_timeout, kwargs)
-                            if won is not backend:
-                                backend, outgoing = won, _rewrite(request, source, rest, won)
-                                tries[won.url] = tries.get(won.url, 0) + 1
-                                kwargs["proxies"] = (
-                                    self._proxies_for(won, source, proxies) if won is not source else proxies
-                                )
-                    response = self._send_one(outgoing, timeout=attempt_timeout, **kwargs)
-                    if not stream:
-                        # What Session.send would do right after; done here so that a
-                        # body cut off by a dying backend fails over like any error.
-                        response.content  # noqa: B018
-                except Exception as exc:
-                    verdict = classify(method, request.headers, error=exc)
-                    if records is not None:
-                        took = time.monotonic() - sent_at
-                        records.append(_Attempt(backend, None, describe_error(exc), took, verdict, tries[backend.url]))
-                    if verdict is Verdict.RAISE:
-                        raise
-                    pristine = pristine and never_connected(exc)
-                    error = describe_error(exc)
-                    errors.append((backend, exc))
-                    if isinstance(exc, requests.exceptions.ReadTimeout):
-                        no_repeat.add(backend.url)
-                        self._selection.record_slow(backend, time.monotonic() - sent_at, SLOW_READ_TIMEOUT)
-                    if last_response is not None:
-                        last_response.close()
-                        last_response = None
-                    self._budget.failed()
-                    failures.append((backend.url, error))
-                    self._selection.record_failure(backend, error)
-                    if verdict is Verdict.FAILED:
-                        break
-                    continue
-                pristine = False
-                verdict = classify(method, request.headers, response=response)
-                if records is not None:
-                    took = time.monotonic() - sent_at
-                    records.append(_Attempt(backend, response.status_code, None, took, verdict, tries[backend.url]))
-                if verdict is Verdict.SUCCESS:
-                    if last_response is not None:
-                        last_response.close()  # an earlier 5xx: give its connection back
-                    self._budget.succeeded()
-                    self._selection.record_success(backend, latency=time.monotonic() - sent_at)
-                    return response
-                error = f"HTTP {response.status_code}"
-                if last_response is not None:
-                    last_response.close()
-                last_response = response
-                self._budget.failed()
-                failures.append((backend.url, error))
-                self._selection.record_failure(backend, error, retry_after(response))
-                if verdict is Verdict.FAILED:
-                    break
-
-            if last_response is not None:
-                return last_response
-            raise _all_failed(failures, errors, source, request)
+            attempt = attempts.next(time.monotonic())
+            while attempt is not None:
+                self._perform(attempts, attempt, route, kwargs)
+                attempt = attempts.next(time.monotonic())
+            return attempts.result(route.source, request)
         finally:
-            if records:
-                self._emit_attempts(records, method or "GET", plan[0])
+            if self._options.observers and attempts.outcomes:
+                self._emit_attempts(attempts)
 
-    def _emit_attempts(self, records: Sequence[_Attempt], method: str, first: Backend) -> None:
-        """One AttemptEvent per attempt: every one but the last went on to another attempt."""
+    def _perform(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Dict[str, Any]) -> None:
+        """Send one attempt (after its backoff), racing its connect or hedging its answer where that applies."""
+        if attempt.delay:
+            _runtime.sleep(attempt.delay)
+        if attempt.number > 1:
+            route.rewind()
+        sent_at = time.monotonic()
+        try:
+            attempt = self._connect(attempts, attempt, route, kwargs)
+        except Exception as exc:
+            self._account(attempts.record(attempt, time.monotonic() - sent_at, error=exc))
+            return
+        if (
+            self._options.hedge_requests
+            and self._options.hedge_delay is not None  # None: no hedging of any kind, as in 0.2
+            and not kwargs["stream"]
+            and self._latencies.armed(attempt.backend.url)
+            and may_hedge(route.request.method, route.request.headers)
+            and isinstance(route.request.body, (bytes, str, type(None)))  # two threads cannot share a stream
+            and attempts.rival() is not None
+        ):
+            self._hedged(attempts, attempt, route, kwargs)
+            return
+        response, error, took = self._exchange(attempt, route, kwargs, sent_at)
+        self._account(attempts.record(attempt, took, response=response, error=error))
+
+    def _exchange(
+        self,
+        attempt: Attempt,
+        route: _Route,
+        kwargs: Mapping[str, Any],
+        sent_at: float,
+        flight: Optional[_Flight] = None,
+    ) -> Tuple[Optional[requests.Response], Optional[BaseException], float]:
+        """Send ``attempt`` and read its answer; never raises. A ``flight`` given up meanwhile closes the answer."""
+        try:
+            proxies = self._attempt_proxies(attempt.backend, route)
+            outgoing = route.to(attempt.backend)
+            response = self._send_one(outgoing, timeout=attempt.timeout, **{**kwargs, "proxies": proxies})
+            if flight is not None and flight.given_up(attempt):
+                response.close()  # never read: its connection is closed, not pooled half-read
+                return None, None, time.monotonic() - sent_at
+            if not kwargs["stream"]:
+                # What Session.send would do right after; done here so that a
+                # body cut off by a dying backend fails over like any error.
+                response.content  # noqa: B018
+            return response, None, time.monotonic() - sent_at
+        except Exception as exc:
+            return None, exc, time.monotonic() - sent_at
+
+    def _hedged(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> None:
+        """Send ``attempt`` on a worker; if its answer is late, send a hedge to the next backend too.
+
+        The first success wins; a failure waits for the other attempt still in
+        flight; the loser is given up (:meth:`_Flight.decide`). Every outcome
+        is recorded here, on the caller's thread.
+        """
+        flight = _Flight()
+        if not self._launch(flight, attempt, route, kwargs):
+            response, error, took = self._exchange(attempt, route, kwargs, time.monotonic())
+            self._account(attempts.record(attempt, took, response=response, error=error))
+            return
+        landed = flight.wait(self._latencies.delay(attempt.backend.url))
+        if landed is None:
+            hedge = attempts.hedge(time.monotonic())
+            if hedge is not None and not self._launch(flight, hedge, route, kwargs):
+                attempts.withdraw(hedge)  # no worker free: wait for the first attempt alone
+        while landed is not None or flight.in_flight:
+            if landed is None:
+                landed = flight.wait(None)
+                assert landed is not None  # one is in flight: it lands
+            sent, response, error, took = landed
+            landed = None
+            outcome = attempts.record(sent, took, response=response, error=error, hedged=len(flight.started) > 1)
+            self._account(outcome)
+            if outcome.verdict is Verdict.SUCCESS or attempts.done:
+                for loser, seconds in flight.decide(sent):
+                    self._account(attempts.abandoned(loser, seconds))
+                return
+
+    def _launch(self, flight: _Flight, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> bool:
+        """Start ``attempt`` of ``flight`` on a worker thread; False when none is free."""
+        sent_at = flight.start(attempt)
+
+        def job() -> None:
+            flight.land(attempt, *self._exchange(attempt, route, kwargs, sent_at, flight))
+
+        if self._workers.submit(job):
+            return True
+        flight.cancel(attempt)
+        return False
+
+    def _account(self, outcome: Outcome) -> None:
+        """Record one classified outcome in the selection and the latency history: the one place that does."""
+        backend = outcome.attempt.backend
+        if outcome.verdict is Verdict.SUCCESS:
+            self._latencies.add(backend.url, outcome.duration)
+            self._record_success(backend, outcome.duration)
+        elif outcome.abandoned:
+            self._latencies.slow(backend.url, outcome.duration)
+            self._record_slow(backend, outcome.duration, "a hedge answered first")
+        elif outcome.verdict is not Verdict.RAISE:
+            if outcome.read_timeout:
+                self._latencies.slow(backend.url, outcome.duration)
+                self._record_slow(backend, outcome.duration, "read timeout")
+            self._selection.record_failure(backend, outcome.error or "failed", outcome.retry_after)
+
+    def _record_success(self, backend: Backend, latency: float) -> None:
+        if _LATENCY_KNOWN:
+            self._selection.record_success(backend, latency=latency)  # type: ignore[call-arg,unused-ignore]
+        else:
+            self._selection.record_success(backend)
+
+    def _record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
+        record = getattr(self._selection, "record_slow", None)  # the selection's latency books, where present
+        if record is not None:
+            record(backend, seconds, reason)
+
+    def _emit_attempts(self, attempts: Attempts) -> None:
+        """One AttemptEvent per attempt: every one but the last went on to another attempt
+        (or was abandoned: a hedge answered first)."""
         now = _runtime.now()
-        last = len(records) - 1
-        for number, record in enumerate(records):
-            outcome = "retried" if number < last else _FINAL_OUTCOME.get(record.verdict, "failed")
+        outcomes = attempts.outcomes
+        first = attempts.plan[0]
+        final = max(i for i, o in enumerate(outcomes) if not o.abandoned)
+        for number, outcome in enumerate(outcomes):
+            attempt = outcome.attempt
+            if outcome.abandoned:
+                verdict = "abandoned"
+            elif number < final:
+                verdict = "retried"
+            else:
+                verdict = _FINAL_OUTCOME.get(outcome.verdict, "failed")
             event = AttemptEvent(
-                backend=record.backend.url,
-                method=method,
-                outcome=outcome,
-                status_code=record.status_code,
-                error=record.error,
-                duration=record.duration,
-                attempt=number + 1,
-                failover=record.backend is not first,
-                repeat=record.tries > 1,
+                backend=attempt.backend.url,
+                method=attempts.method or "GET",
+                outcome=verdict,
+                status_code=outcome.status_code,
+                error=None if outcome.status_code is not None else outcome.error,
+                duration=outcome.duration,
+                attempt=attempt.number,
+                failover=attempt.backend is not first,
+                repeat=attempt.tries > 1,
                 at=now,
+                hedge=attempt.hedge,
+                won=outcome.won,
             )
             emit(self._options.observers, event)
 
 
-class _Attempt(NamedTuple):
-    backend: Backend
-    status_code: Optional[int]
-    error: Optional[str]
-    duration: float
-    verdict: Verdict
-    tries: int  # how many times this backend has been tried in the request, this one included
-
-
 _FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
+#: Whether the selection takes answer latencies (``record_success(backend, latency=)``).
+_LATENCY_KNOWN = "latency" in inspect.signature(Selection.record_success).parameters
+
+
+class _Route:
+    """One request on its way: the request as the caller prepared it, the backend
+    its URL names, the rest of its URL, and the proxies requests computed for it.
+    Every URL sent to a backend (attempt, race rival, hedge) comes from :meth:`to`."""
+
+    __slots__ = ("derived", "proxies", "request", "rest", "source")
+
+    def __init__(
+        self, request: requests.PreparedRequest, source: Backend, rest: str, proxies: Optional[Mapping[str, str]]
+    ) -> None:
+        self.request, self.source, self.rest, self.proxies = request, source, rest, proxies
+        self.derived: Dict[str, Any] = {}  # backend url -> the proxies of its attempts
+
+    def to(self, backend: Backend) -> requests.PreparedRequest:
+        return _rewrite(self.request, self.source, self.rest, backend)
+
+    def rewind(self) -> None:
+        """Rewind a seekable body before it is sent again."""
+        body: object = self.request.body
+        if body is not None and hasattr(body, "seek"):
+            rewind_body(self.request)
+
+
+class _Flight:
+    """The attempts of one hedged exchange, in flight on worker threads; the first to land is waited for.
+
+    Results land in a queue (a worker's thread puts, the caller's takes).
+    Once the caller decides, an attempt still in flight is given up: its
+    answer, if it comes, is closed unread (:meth:`FailoverAdapter._exchange`).
+    """
+
+    def __init__(self) -> None:
+        self._landed: queue.SimpleQueue[_Landed] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.started: Dict[Attempt, float] = {}
+        self._flying: Set[Attempt] = set()
+        self._decided = False
+
+    def start(self, attempt: Attempt) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self.started[attempt] = now
+            self._flying.add(attempt)
+        return now
+
+    def cancel(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._flying.discard(attempt)
+            self.started.pop(attempt, None)
+
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._flying) or not self._landed.empty()
+
+    def land(
+        self, attempt: Attempt, response: Optional[requests.Response], error: Optional[BaseException], took: float
+    ) -> None:
+        """From a worker: ``attempt`` ended. After the decision its answer is closed, never pooled half-read."""
+        with self._lock:
+            if self._decided:
+                if response is not None:
+                    response.close()
+                return
+            if response is None and error is None:
+                return  # given up before its answer came (closed already)
+        self._landed.put((attempt, response, error, took))
+
+    def given_up(self, attempt: Attempt) -> bool:
+        return self._decided
+
+    def wait(self, seconds: Optional[float]) -> Optional[_Landed]:
+        """The next attempt to land, waiting up to ``seconds`` (None: until one does); None if none did."""
+        try:
+            landed = self._landed.get(timeout=seconds)
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._flying.discard(landed[0])
+        return landed
+
+    def decide(self, winner: Attempt) -> List[Tuple[Attempt, float]]:
+        """``winner``'s answer is the one: every other attempt is given up; returns them with their wait so far."""
+        now = time.monotonic()
+        with self._lock:
+            self._decided = True
+            losers = [(a, now - self.started[a]) for a in self._flying if a != winner]
+            self._flying.clear()
+        while not self._landed.empty():  # landed after the winner: answers never returned, closed
+            _, response, _, _ = self._landed.get()
+            if response is not None:
+                response.close()
+        return losers
+
+
+_Landed = Tuple[Attempt, Optional[requests.Response], Optional[BaseException], float]
 
 
 def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:
@@ -604,39 +771,6 @@ def _connect_error(error: Optional[BaseException], request: requests.PreparedReq
     return requests.exceptions.ConnectionError(wrapped, request=request)
 
 
-def _next_backend(plan: Sequence[Backend], tries: Mapping[str, int], no_repeat: Set[str]) -> Optional[Backend]:
-    """The backend of this attempt: the plan in order, then around again (skipping
-    backends that read-timed out: a second wait on them would double the cost)."""
-    if not tries:
-        return plan[0]
-    untried = [b for b in plan if not tries.get(b.url)]
-    if untried:
-        return untried[0]
-    again = [b for b in plan if b.url not in no_repeat]
-    if not again:
-        return None
-    return min(again, key=lambda b: tries[b.url])
-
-
-def _all_failed(
-    failures: Sequence[Tuple[str, str]],
-    errors: Sequence[Tuple[Backend, BaseException]],
-    source: Backend,
-    request: requests.PreparedRequest,
-) -> AllBackendsFailed:
-    """The exception for a request that failed everywhere.
-
-    It is an instance of every exception type met (the last attempt's first),
-    so any legacy ``except`` clause for one of them still catches it. Its
-    ``args`` are those of the error plain requests would have raised: the one
-    from the backend the URL named, if it was tried, else the last one.
-    """
-    last = errors[-1][1]
-    types = [type(exc) for _, exc in reversed(errors)]
-    plain = next((exc for backend, exc in errors if backend is source), last)
-    error = all_failed_type(*types)(failures, *plain.args, last=last, request=request)
-    error.__cause__ = last
-    return error
 
 
 def _replayable(request: requests.PreparedRequest) -> bool:
@@ -665,29 +799,3 @@ def _rewrite(
     if auth is not None:
         outgoing = HTTPBasicAuth(*auth)(outgoing)
     return outgoing
-
-
-def _deadline(timeout: Any, started: float) -> Optional[float]:
-    """Monotonic time after which no attempt starts: now + connect + read.
-
-    That is the longest one plain request with this timeout could wait, so
-    failover never makes a caller wait longer than its timeout allowed.
-    """
-    if isinstance(timeout, tuple) and len(timeout) == 2:
-        connect, read = timeout
-    elif isinstance(timeout, (int, float)):
-        connect = read = timeout
-    else:  # a urllib3 Timeout object, or bad input the transport will reject as requests does
-        return None
-    if not isinstance(connect, (int, float)) or not isinstance(read, (int, float)):
-        return None
-    return started + float(connect) + float(read)
-
-
-def _clip(timeout: Any, deadline: Optional[float], attempt: int) -> Any:
-    """The timeout of one attempt: the caller's, cut to what is left after the first."""
-    if deadline is None or attempt == 0:
-        return timeout
-    left = max(0.001, deadline - time.monotonic())
-    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-    return (min(float(connect), left), min(float(read), left))

@@ -53,7 +53,9 @@ class AttemptEvent:
     - ``"failed"``: it failed and the request ended with it (no attempt left,
       or not safe to send again): its 5xx was returned or its error raised;
     - ``"raised"``: an error that is not the backend's fault (a bad URL, a bad
-      header) was raised as requests raises it.
+      header) was raised as requests raises it;
+    - ``"abandoned"``: a hedge to another backend answered first; this
+      attempt's answer, if it comes, is closed unread.
 
     ``status_code`` is the answer's status (None without one); ``error`` the
     exception's short description (None with an answer); ``duration`` seconds
@@ -61,6 +63,11 @@ class AttemptEvent:
     the first attempt of the request; ``failover`` is true when the backend is
     not the one the request's plan started with; ``repeat`` when the same
     backend was already tried for this request.
+
+    Response hedging (added in 0.3): ``hedge`` is true for an attempt sent
+    while an earlier one was still waiting for its answer; ``won`` is None
+    when no hedge raced the attempt, else whether its answer was the one
+    returned.
     """
 
     backend: str
@@ -73,6 +80,8 @@ class AttemptEvent:
     failover: bool
     repeat: bool
     at: float
+    hedge: bool = False
+    won: Optional[bool] = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ._config import (
     DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTHY_THRESHOLD,
     DEFAULT_HEDGE_DELAY,
+    DEFAULT_HEDGE_REQUESTS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_POOL_CONNECTIONS,
     DEFAULT_POOL_MAXSIZE,
@@ -92,6 +93,7 @@ class FailoverSession(requests.Session):
         pool_block: bool = False,
         slow_start: float = DEFAULT_SLOW_START,
         demote_slow: bool = DEFAULT_DEMOTE_SLOW,
+        hedge_requests: bool = DEFAULT_HEDGE_REQUESTS,
     ) -> None:
         adapter = FailoverAdapter(
             backends,
@@ -116,6 +118,7 @@ class FailoverSession(requests.Session):
             pool_block=pool_block,
             slow_start=slow_start,
             demote_slow=demote_slow,
+            hedge_requests=hedge_requests,
         )
         super().__init__()  # mounts requests' own adapters, replaced below
         #: The adapter that handles every request to a backend.
