@@ -132,3 +132,16 @@ def test_the_delay_adapts_to_recent_connect_times():
         times.add("a", 5.0)
     assert times.delay("a", 0.25) == _hedge.MAX_DELAY
     assert times.delay("b", 0.25) == 0.25
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_request_url_with_userinfo_is_raced_to_the_secondary(primary, secondary, method):
+    # 0.2 built the rival's URL by slicing the request URL with the primary's length:
+    # "http://user:pw@127.0.0.1:P/x" became an InvalidURL after the hedge delay.
+    with warm(primary, secondary) as session:
+        primary.set("blackhole")
+        url = primary.url.replace("http://", "http://user:pw@") + "/orders?id=1"
+        response = session.request(method, url, data=b"order-3", timeout=(CONNECT, CONNECT))
+        assert served_by(response) == "secondary"
+        (hit,) = secondary.requests
+        assert (hit.method, hit.path, hit.body) == (method, "/orders?id=1", b"order-3")

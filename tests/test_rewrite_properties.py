@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import urlsplit
 
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from requests_failover import FailoverAdapter
-from requests_failover.adapter import _rewrite
+from requests_failover.adapter import _rewrite, _Route
 
 SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@ é", max_size=8)
 PATHS = st.lists(SEGMENT, max_size=4).map(lambda parts: "/" + "/".join(parts))
@@ -62,3 +63,37 @@ def test_other_hosts_and_ports_are_not_backends(host, port):
     adapter = adapter_for("")
     # (secondary.example:8443 is a backend, but only under its base path /mirror)
     assert adapter.match(f"https://{host}{port}/") is None
+
+
+HOSTS = st.sampled_from([("primary.example", "primary.example"), ("[2001:db8::1]", "[2001:db8::1]")])
+USERINFO = st.one_of(st.just(""), st.sampled_from(["user@", "user:pw@", "us%40er:p%3Aw@"]))
+PORTS = st.sampled_from(["", ":443"])  # the backend's default port, implicit or explicit
+ENCODED = st.text(alphabet=string.ascii_letters + "%20%2F%3F", max_size=12).map(lambda s: "/" + s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(host=HOSTS, userinfo=USERINFO, port=PORTS, base=BASES, path=st.one_of(PATHS, ENCODED), query=QUERIES)
+def test_every_backend_receives_the_same_path_and_query(host, userinfo, port, base, path, query):
+    """Every URL sent to a backend (attempt, race rival, hedge) comes from one rewrite: the rest of
+    the request URL after the base URL, whatever userinfo, port spelling, host form or encoding."""
+    spelled, canonical = host
+    adapter = FailoverAdapter(
+        [f"https://{canonical}{base}", "https://secondary.example:8443/mirror", "https://tertiary.example"],
+        state_file=False,
+    )
+    url = f"https://{userinfo}{spelled}{port}{base}{path}" + ("" if query is None else f"?{query}")
+    prepared = requests.Request("GET", url).prepare()
+    matched = adapter.match(prepared.url)
+    assert matched is not None, prepared.url
+    source, rest = matched
+    asked = urlsplit(prepared.url)
+    route = _Route(prepared, source, rest, None)
+    for target in adapter._options.targets:
+        sent = urlsplit(route.to(target).url)
+        if target is not source:  # (to the backend the URL names it goes as asked, as requests sends it)
+            assert (sent.scheme, sent.netloc) == (target.scheme, target.netloc), "its own origin, no userinfo"
+        assert sent.path == target.base_path + asked.path[len(source.base_path) :] or (
+            sent.path == target.base_path and asked.path == source.base_path
+        )
+        assert sent.query == asked.query
+    assert urlsplit(route.to(source).url).path == asked.path, "to the backend the URL names: as asked"
