@@ -570,8 +570,10 @@ class FailoverAdapter(HTTPAdapter):
         landed = flight.wait(self._latencies.delay(attempt.backend.url))
         if landed is None:
             hedge = attempts.hedge(time.monotonic())
-            if hedge is not None and not self._launch(flight, hedge, route, kwargs):
-                attempts.withdraw(hedge)  # no worker free: wait for the first attempt alone
+            if hedge is not None and (
+                hedge.backend.url in self._suspects or not self._launch(flight, hedge, route, kwargs)
+            ):
+                attempts.withdraw(hedge)  # its connect would wait on a black hole, or no worker is free
         while landed is not None or flight.in_flight:
             if landed is None:
                 landed = flight.wait(None)

@@ -145,3 +145,30 @@ def test_a_request_url_with_userinfo_is_raced_to_the_secondary(primary, secondar
         assert served_by(response) == "secondary"
         (hit,) = secondary.requests
         assert (hit.method, hit.path, hit.body) == (method, "/orders?id=1", b"order-3")
+
+
+THREADS, EACH = 8, 20
+
+
+def test_after_a_lost_race_the_primary_is_suspect_until_its_connect_settles(primary, secondary, races):
+    # Always: a request opens a connect to the black-holed primary only while no race to it was lost
+    # yet; afterwards new connections go to the secondary at once until the pending connect settles.
+    with warm(primary, secondary) as session:
+        primary.set("blackhole")  # every pooled connection dropped: each thread needs a new one
+        start = threading.Barrier(THREADS)
+        served: List[str] = []
+
+        def client() -> None:
+            start.wait(BOUND)
+            for i in range(EACH):
+                served.append(served_by(session.get(primary.url + f"/x/{i}", timeout=(CONNECT, CONNECT))))
+
+        threads = [threading.Thread(target=client) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BOUND)
+        assert served == ["secondary"] * (THREADS * EACH)
+        # 0.2: every request raced the primary (160 connects, each paying the hedge delay)
+        assert races.count(primary.url) <= THREADS, "at most one connect per thread before the first lost race"
+        assert primary.requests == [primary.requests[0]] and primary.requests[0].path == "/warm"
