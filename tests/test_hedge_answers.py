@@ -1,0 +1,121 @@
+"""Hedging slow answers (requests_failover._hedge, the second half), on real loopback servers.
+
+Each test sets a backend's answers slow with ``set(delay=...)`` and states who
+answered and what each server received; times are bounded only loosely (far
+under the slow answer): speed targets live in the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from requests_failover import AttemptEvent, FailoverSession
+from requests_failover._retry import RetryBudget
+from requests_failover.testing import settle
+
+from .conftest import served_by, wait_until
+
+SLOW = 2.0  # seconds a slow backend takes to answer
+BOUND = 60.0
+
+
+def warm(primary, secondary, **options: Any) -> FailoverSession:
+    session = FailoverSession([primary.url, secondary.url], state_file=False, **options)
+    assert served_by(session.get(primary.url + "/warm")) == "primary"
+    settle(session)
+    return session
+
+
+def test_a_slow_answer_is_hedged_and_the_first_answer_wins(primary, secondary):
+    seen: List[Any] = []
+    with warm(primary, secondary, observers=[seen.append]) as session:
+        assert primary.open_connections() == 1, "one pooled connection: the one the slow answer will use"
+        primary.set(delay=SLOW)
+        started = time.monotonic()
+        response = session.get(primary.url + "/report?id=7", timeout=(5, 30))
+        assert served_by(response) == "secondary"
+        assert time.monotonic() - started < SLOW, "answered before the primary did"
+        assert [h.path for h in primary.requests] == ["/warm", "/report?id=7"]
+        assert [h.path for h in secondary.requests] == ["/report?id=7"]
+        attempts = [(e.backend, e.outcome, e.hedge, e.won) for e in seen if isinstance(e, AttemptEvent)]
+        assert attempts[1:] == [
+            (secondary.url, "success", True, True),
+            (primary.url, "abandoned", False, False),
+        ]
+        # the loser's answer comes after SLOW seconds: it is closed unread, never pooled half-read
+        wait_until(lambda: primary.open_connections() == 0, "the abandoned attempt's connection closed")
+
+
+def test_a_get_to_a_hung_primary_waits_for_no_read_timeout(primary, secondary):
+    with warm(primary, secondary) as session:
+        primary.set("hang")
+        for i in range(2):
+            started = time.monotonic()
+            assert served_by(session.get(primary.url + f"/x/{i}", timeout=(5, 30))) == "secondary"
+            assert time.monotonic() - started < 15, "far under the read timeout"
+
+
+def test_a_post_is_never_hedged(primary, secondary):
+    with warm(primary, secondary) as session:
+        primary.set(delay=0.5)
+        assert served_by(session.post(primary.url + "/orders", data=b"order-1", timeout=(5, 30))) == "primary"
+        assert [h.body for h in primary.requests] == [b"", b"order-1"]
+        assert secondary.requests == [], "sent once, to one server"
+
+
+def test_a_post_with_an_idempotency_key_is_hedged(primary, secondary):
+    with warm(primary, secondary) as session:
+        primary.set(delay=SLOW)
+        headers = {"Idempotency-Key": "order-2"}
+        response = session.post(primary.url + "/orders", data=b"order-2", headers=headers, timeout=(5, 30))
+        assert served_by(response) == "secondary"
+        for server in (primary, secondary):
+            (hit,) = [h for h in server.requests if h.method == "POST"]
+            assert (hit.body, hit.headers.get("Idempotency-Key")) == (b"order-2", "order-2")
+
+
+def test_hedge_requests_false_turns_it_off(primary, secondary):
+    with warm(primary, secondary, hedge_requests=False) as session:
+        primary.set(delay=0.5)
+        assert served_by(session.get(primary.url + "/x", timeout=(5, 30))) == "primary"
+        assert secondary.requests == []
+
+
+THREADS, EACH = 8, 5
+
+
+def test_under_saturation_the_budget_stops_hedging(primary, secondary):
+    # Always: hedges add at most the budget's reserve plus 5 % of the requests, never double the load.
+    with warm(primary, secondary) as session:
+        primary.set(delay=0.3)
+        secondary.set(delay=0.3)  # every answer slow everywhere: each request would ask for a hedge
+        before = len(primary.requests) + len(secondary.requests)
+        start = threading.Barrier(THREADS)
+        answered: List[int] = []
+
+        def client() -> None:
+            start.wait(BOUND)
+            for i in range(EACH):
+                answered.append(session.get(primary.url + f"/x/{i}", timeout=(5, 30)).status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(BOUND)
+        requests = THREADS * EACH
+        assert answered == [200] * requests
+        sent = len(primary.requests) + len(secondary.requests) - before
+        budget = RetryBudget()
+        assert requests < sent, "slow answers were hedged"
+        assert sent <= requests + budget.extra_capacity + budget.extra_ratio * requests, "the budget bounds them"
+
+
+@pytest.mark.parametrize("bad", [None, 1, "yes"])
+def test_hedge_requests_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="hedge_requests"):
+        FailoverSession(["http://127.0.0.1:1"], state_file=False, hedge_requests=bad)
