@@ -1,10 +1,21 @@
-"""``FailoverAdapter``: the attempt loop behind every request to a backend.
+"""``FailoverAdapter``: sends each request to a backend, failing over and hedging.
 
-``send`` runs one flat loop: pick the next backend of the request's plan,
-copy the request with its URL rewritten to that backend, rewind the body,
-send, classify the outcome (:func:`._retry.classify`), record it in the
-selection. Requests for hosts that are not configured backends pass straight
-to the transport, untouched.
+``send`` is a short chain: match the URL to a backend (requests for other
+hosts pass straight to the transport, untouched), keep the selection fresh,
+then let :class:`._attempts.Attempts` (one request's attempt state, pure)
+say which attempt comes next while :meth:`FailoverAdapter._perform` sends
+each one:
+
+- a slow new connect is raced against the next backend's, and a backend that
+  lost a race is suspect until its connect settles (:mod:`._hedge`);
+- an attempt to a backend whose answers were slow lately (or that has no
+  history yet) runs on a worker thread so that a late answer can be hedged
+  to the next backend (:mod:`._hedge`); otherwise it runs on the caller's
+  thread, as a plain ``HTTPAdapter`` would;
+- every URL sent comes from the one rewrite (:func:`_rewrite`, through
+  ``_Route.to``), and every outcome is classified once
+  (:meth:`._attempts.Attempts.record`) and recorded in the selection in one
+  place (:meth:`FailoverAdapter._account`).
 """
 
 from __future__ import annotations
