@@ -46,11 +46,13 @@ half-read). The delay adapts, with a floor::
 
 Waiting for an answer with a time limit needs the request on another
 thread, which costs CPU and latency on every request. So hedging is *armed*
-for a backend only while it needs it: until it has answered
-``MIN_SAMPLES`` times (no history yet), and for ``ARMED_FOR`` answers after
-a slow one (an answer later than the delay, a read timeout, a lost hedge).
-A backend that answers fast is sent to on the caller's thread, as with no
-hedging at all. An armed attempt runs on a small pool of reusable worker
+for a backend only while it needs it: for ``ARMED_FOR`` answers after a
+clearly slow one (later than twice the delay, once ``MIN_SAMPLES`` answers
+make a history), a read timeout or a lost hedge. A backend that answers
+fast, or that has no history yet (a cold start's first connections, a TLS
+handshake far away), is sent to on the caller's thread, as with no hedging
+at all. The percentile is of answers only: a timeout or an abandoned
+attempt arms hedging but does not stretch its delay. An armed attempt runs on a small pool of reusable worker
 threads (:class:`Workers`) while the caller waits. The extra load is bounded
 by the retry budget (:class:`._retry.RetryBudget`: about 5 % of requests).
 """
@@ -236,7 +238,7 @@ class _Answers:
     def __init__(self) -> None:
         self.times: Deque[float] = collections.deque(maxlen=_ANSWERS)
         self.delay = ANSWER_FLOOR
-        self.armed = MIN_SAMPLES  # answers left during which hedging is armed
+        self.armed = 0  # answers left during which hedging is armed
         self.count = 0
 
 
@@ -260,7 +262,7 @@ class Latencies:
     def armed(self, backend: str) -> bool:
         """Whether an answer from ``backend`` should be waited for with a hedge ready."""
         answers = self._answers.get(backend)
-        return answers is None or answers.armed > 0
+        return answers is not None and answers.armed > 0
 
     def delay(self, backend: str) -> float:
         """Seconds to wait for ``backend``'s answer before hedging it."""
@@ -272,20 +274,19 @@ class Latencies:
         answers = self._of(backend)
         answers.times.append(seconds)
         answers.count += 1
-        if seconds > answers.delay:
-            answers.armed = ARMED_FOR
-        elif answers.armed > 0:
+        if answers.armed > 0:
             answers.armed -= 1
+        if seconds > 2.0 * answers.delay and answers.count > MIN_SAMPLES:
+            answers.armed = ARMED_FOR
         if answers.count % _HISTORY == 0 or answers.count <= MIN_SAMPLES:
             answers.delay = _percentile_delay(answers.times)
 
     def slow(self, backend: str, seconds: float) -> None:
-        """``backend`` took at least ``seconds`` (a read timeout, an abandoned answer): arm hedging."""
-        answers = self._of(backend)
-        answers.times.append(seconds)
-        answers.count += 1
-        answers.armed = ARMED_FOR
-        answers.delay = _percentile_delay(answers.times)
+        """``backend`` took at least ``seconds`` (a read timeout, an abandoned answer): arm hedging.
+
+        Not a sample of the percentile: a hedge's delay is about answers.
+        """
+        self._of(backend).armed = ARMED_FOR
 
 
 def _percentile_delay(times: Deque[float]) -> float:

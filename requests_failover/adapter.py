@@ -603,7 +603,12 @@ class FailoverAdapter(HTTPAdapter):
         sent_at = flight.start(attempt)
 
         def job() -> None:
-            flight.land(attempt, *self._exchange(attempt, route, kwargs, sent_at, flight))
+            # Whatever happens, something lands: the caller waits for it.
+            landed: Tuple[Optional[requests.Response], Optional[BaseException], float] = (None, _NO_ANSWER, 0.0)
+            try:
+                landed = self._exchange(attempt, route, kwargs, sent_at, flight)
+            finally:
+                flight.land(attempt, *landed)
 
         if self._workers.submit(job):
             return True
@@ -618,7 +623,7 @@ class FailoverAdapter(HTTPAdapter):
             self._record_success(backend, outcome.duration)
         elif outcome.abandoned:
             self._latencies.slow(backend.url, outcome.duration)
-            self._record_slow(backend, outcome.duration, "a hedge answered first")
+            self._record_slow(backend, outcome.duration, "hedge lost")
         elif outcome.verdict is not Verdict.RAISE:
             if outcome.read_timeout:
                 self._latencies.slow(backend.url, outcome.duration)
@@ -668,6 +673,8 @@ class FailoverAdapter(HTTPAdapter):
             emit(self._options.observers, event)
 
 
+#: What lands for an attempt whose worker ended without an answer or an error (never expected).
+_NO_ANSWER = RuntimeError("requests-failover: a hedging worker ended without an answer")
 _FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
 #: Whether the selection takes answer latencies (``record_success(backend, latency=)``).
 _LATENCY_KNOWN = "latency" in inspect.signature(Selection.record_success).parameters

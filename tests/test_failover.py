@@ -84,8 +84,7 @@ def test_connect_timeout_fails_over_even_for_post(make_session: Make, primary, s
 
 
 def test_black_holed_primary_costs_one_timeout_then_is_skipped(make_session: Make, primary, secondary):
-    # without answer hedging (with it, neither request waits: tests/test_hedge_answers.py)
-    session = make_session([primary.url, secondary.url], hedge_requests=False)
+    session = make_session([primary.url, secondary.url])
     session.get(primary.url + "/")
     primary.set("hang")
     assert served_by(session.get(primary.url + "/slow", timeout=(5, 1.5))) == "secondary"

@@ -172,3 +172,33 @@ def test_after_a_lost_race_the_primary_is_suspect_until_its_connect_settles(prim
         # 0.2: every request raced the primary (160 connects, each paying the hedge delay)
         assert races.count(primary.url) <= THREADS, "at most one connect per thread before the first lost race"
         assert primary.requests == [primary.requests[0]] and primary.requests[0].path == "/warm"
+
+
+def test_answer_hedging_is_armed_only_by_a_clearly_slow_answer_after_a_history():
+    latencies = _hedge.Latencies()
+    assert (latencies.armed("a"), latencies.delay("a")) == (False, _hedge.ANSWER_FLOOR)
+    latencies.add("a", 0.5)  # no history yet (a cold start's connect, a handshake): arms nothing
+    assert not latencies.armed("a")
+    latencies = _hedge.Latencies()
+    for _ in range(_hedge.MIN_SAMPLES):
+        latencies.add("a", 0.002)
+    latencies.add("a", 0.09)  # later than the 50 ms floor, not twice it
+    assert not latencies.armed("a")
+    latencies.add("a", 0.2)
+    assert latencies.armed("a") and latencies.delay("a") == _hedge.ANSWER_FLOOR
+    for _ in range(_hedge.ARMED_FOR):
+        latencies.add("a", 0.002)
+    assert not latencies.armed("a"), "disarmed after ARMED_FOR fast answers"
+    latencies.slow("a", 30.0)  # a read timeout: armed at once, the delay is about answers only
+    assert latencies.armed("a") and latencies.delay("a") == _hedge.ANSWER_FLOOR
+    assert not latencies.armed("b")
+
+
+def test_the_answer_delay_is_the_p95_of_recent_answers_with_a_floor_and_a_cap():
+    latencies = _hedge.Latencies()
+    for i in range(1, 65):
+        latencies.add("a", i / 100)  # 0.01 ... 0.64 s
+    assert latencies.delay("a") == pytest.approx(0.61)
+    for _ in range(64):
+        latencies.add("a", 9.0)
+    assert latencies.delay("a") == _hedge.MAX_DELAY

@@ -1,8 +1,10 @@
 """Hedging slow answers (requests_failover._hedge, the second half), on real loopback servers.
 
-Each test sets a backend's answers slow with ``set(delay=...)`` and states who
-answered and what each server received; times are bounded only loosely (far
-under the slow answer): speed targets live in the benchmark.
+Hedging is armed for a backend once it has a latency history and gave a
+clearly slow answer; :func:`armed` does that (MIN_SAMPLES fast answers, one
+slow one). Each test then sets a backend's answers slow with ``set(delay=...)``
+and states who answered and what each server received; times are bounded only
+loosely (far under the slow answer): speed targets live in the benchmark.
 """
 
 from __future__ import annotations
@@ -14,35 +16,52 @@ from typing import Any, List
 import pytest
 
 from requests_failover import AttemptEvent, FailoverSession
+from requests_failover._hedge import MIN_SAMPLES
 from requests_failover._retry import RetryBudget
 from requests_failover.testing import settle
 
 from .conftest import served_by, wait_until
 
-SLOW = 2.0  # seconds a slow backend takes to answer
+SLOW = 1.0  # seconds a slow backend takes to answer
 BOUND = 60.0
 
 
-def warm(primary, secondary, **options: Any) -> FailoverSession:
+def armed(primary, secondary, **options: Any) -> FailoverSession:
+    """A session whose primary has a history of fast answers, then one slow answer: hedging is armed."""
     session = FailoverSession([primary.url, secondary.url], state_file=False, **options)
     assert served_by(session.get(primary.url + "/warm")) == "primary"
     settle(session)
+    for _ in range(MIN_SAMPLES):
+        assert served_by(session.get(primary.url + "/warm")) == "primary"
+    primary.set(delay=0.3)  # 0.3 s: more than twice the 50 ms floor
+    assert served_by(session.get(primary.url + "/warm")) == "primary", "the first slow answer is not hedged"
+    primary.set(delay=0)
+    primary.reset_hits()
     return session
+
+
+def test_a_slow_answer_with_no_history_is_not_hedged(primary, secondary):
+    # A cold start's first answers (new connections, a far-away TLS handshake) arm nothing.
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        primary.set(delay=0.3)
+        for _ in range(3):
+            assert served_by(session.get(primary.url + "/x", timeout=(5, 30))) == "primary"
+        assert secondary.requests == []
 
 
 def test_a_slow_answer_is_hedged_and_the_first_answer_wins(primary, secondary):
     seen: List[Any] = []
-    with warm(primary, secondary, observers=[seen.append]) as session:
+    with armed(primary, secondary, observers=[seen.append]) as session:
         assert primary.open_connections() == 1, "one pooled connection: the one the slow answer will use"
         primary.set(delay=SLOW)
         started = time.monotonic()
         response = session.get(primary.url + "/report?id=7", timeout=(5, 30))
         assert served_by(response) == "secondary"
         assert time.monotonic() - started < SLOW, "answered before the primary did"
-        assert [h.path for h in primary.requests] == ["/warm", "/report?id=7"]
+        assert [h.path for h in primary.requests] == ["/report?id=7"]
         assert [h.path for h in secondary.requests] == ["/report?id=7"]
         attempts = [(e.backend, e.outcome, e.hedge, e.won) for e in seen if isinstance(e, AttemptEvent)]
-        assert attempts[1:] == [
+        assert attempts[-2:] == [
             (secondary.url, "success", True, True),
             (primary.url, "abandoned", False, False),
         ]
@@ -50,8 +69,8 @@ def test_a_slow_answer_is_hedged_and_the_first_answer_wins(primary, secondary):
         wait_until(lambda: primary.open_connections() == 0, "the abandoned attempt's connection closed")
 
 
-def test_a_get_to_a_hung_primary_waits_for_no_read_timeout(primary, secondary):
-    with warm(primary, secondary) as session:
+def test_once_armed_a_get_to_a_hung_primary_waits_for_no_read_timeout(primary, secondary):
+    with armed(primary, secondary) as session:
         primary.set("hang")
         for i in range(2):
             started = time.monotonic()
@@ -60,15 +79,15 @@ def test_a_get_to_a_hung_primary_waits_for_no_read_timeout(primary, secondary):
 
 
 def test_a_post_is_never_hedged(primary, secondary):
-    with warm(primary, secondary) as session:
+    with armed(primary, secondary) as session:
         primary.set(delay=0.5)
         assert served_by(session.post(primary.url + "/orders", data=b"order-1", timeout=(5, 30))) == "primary"
-        assert [h.body for h in primary.requests] == [b"", b"order-1"]
+        assert [h.body for h in primary.requests] == [b"order-1"]
         assert secondary.requests == [], "sent once, to one server"
 
 
 def test_a_post_with_an_idempotency_key_is_hedged(primary, secondary):
-    with warm(primary, secondary) as session:
+    with armed(primary, secondary) as session:
         primary.set(delay=SLOW)
         headers = {"Idempotency-Key": "order-2"}
         response = session.post(primary.url + "/orders", data=b"order-2", headers=headers, timeout=(5, 30))
@@ -79,7 +98,7 @@ def test_a_post_with_an_idempotency_key_is_hedged(primary, secondary):
 
 
 def test_hedge_requests_false_turns_it_off(primary, secondary):
-    with warm(primary, secondary, hedge_requests=False) as session:
+    with armed(primary, secondary, hedge_requests=False) as session:
         primary.set(delay=0.5)
         assert served_by(session.get(primary.url + "/x", timeout=(5, 30))) == "primary"
         assert secondary.requests == []
@@ -90,7 +109,7 @@ THREADS, EACH = 8, 5
 
 def test_under_saturation_the_budget_stops_hedging(primary, secondary):
     # Always: hedges add at most the budget's reserve plus 5 % of the requests, never double the load.
-    with warm(primary, secondary) as session:
+    with armed(primary, secondary) as session:
         primary.set(delay=0.3)
         secondary.set(delay=0.3)  # every answer slow everywhere: each request would ask for a hedge
         before = len(primary.requests) + len(secondary.requests)
