@@ -622,8 +622,9 @@ class FailoverAdapter(HTTPAdapter):
             self._latencies.add(backend.url, outcome.duration)
             self._record_success(backend, outcome.duration)
         elif outcome.abandoned:
-            self._latencies.slow(backend.url, outcome.duration)
-            self._record_slow(backend, outcome.duration, "hedge lost")
+            if not outcome.attempt.hedge:  # an abandoned hedge started late: it says nothing of its backend
+                self._latencies.slow(backend.url, outcome.duration)
+                self._record_slow(backend, outcome.duration, "hedge lost")
         elif outcome.verdict is not Verdict.RAISE:
             if outcome.read_timeout:
                 self._latencies.slow(backend.url, outcome.duration)
@@ -647,7 +648,7 @@ class FailoverAdapter(HTTPAdapter):
         now = _runtime.now()
         outcomes = attempts.outcomes
         first = attempts.plan[0]
-        final = max(i for i, o in enumerate(outcomes) if not o.abandoned)
+        final = max((i for i, o in enumerate(outcomes) if not o.abandoned), default=len(outcomes))
         for number, outcome in enumerate(outcomes):
             attempt = outcome.attempt
             if outcome.abandoned:
