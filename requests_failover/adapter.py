@@ -494,12 +494,14 @@ class FailoverAdapter(HTTPAdapter):
         if matched is None:
             return self._send_one(request, timeout=timeout, **kwargs)
         route = _Route(request, matched[0], matched[1], proxies)
+        if timeout is None:
+            timeout = self._options.default_timeout
         self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
         attempts = Attempts(
             self._selection.plan(),
             request.method,
             request.headers,
-            timeout=self._options.default_timeout if timeout is None else timeout,
+            timeout=timeout,
             started=time.monotonic(),
             max_retries=self._options.max_retries,
             retry_delay=self._options.retry_delay,
