@@ -8,10 +8,10 @@ each one:
 
 - a slow new connect is raced against the next backend's, and a backend that
   lost a race is suspect until its connect settles (:mod:`._hedge`);
-- an attempt to a backend whose answers were slow lately (or that has no
-  history yet) runs on a worker thread so that a late answer can be hedged
-  to the next backend (:mod:`._hedge`); otherwise it runs on the caller's
-  thread, as a plain ``HTTPAdapter`` would;
+- an attempt to a backend whose answers were clearly slow lately runs on a
+  worker thread so that a late answer can be hedged to the next backend
+  (:mod:`._hedge`); otherwise it runs on the caller's thread, as a plain
+  ``HTTPAdapter`` would;
 - every URL sent comes from the one rewrite (:func:`_rewrite`, through
   ``_Route.to``), and every outcome is classified once
   (:meth:`._attempts.Attempts.record`) and recorded in the selection in one
