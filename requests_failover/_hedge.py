@@ -63,11 +63,11 @@ import collections
 import queue
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ._urllib3 import has_idle_connection, put_conn, take_conn
 
-__all__ = ["ConnectTimes", "Latencies", "Race", "Suspects", "Workers", "has_idle_connection"]
+__all__ = ["ConnectTimes", "Flight", "Latencies", "Race", "Suspects", "Workers", "has_idle_connection"]
 
 #: The longest delay, whatever the recent connect or answer times (RFC 8305 suggests 2 s).
 MAX_DELAY = 2.0
@@ -356,3 +356,78 @@ class Workers:
             idle, self._idle = self._idle, []
         for inbox in idle:
             inbox.put(None)
+
+
+#: What lands for one attempt: (attempt, answer or None, error or None, seconds since it was sent).
+Landed = Tuple[Any, Any, Optional[BaseException], float]
+
+
+class Flight:
+    """The attempts of one hedged exchange, in flight on worker threads; the first to land is waited for.
+
+    An attempt is any hashable token (the adapter's ``Any``); an answer
+    anything with ``close()`` (a ``requests.Response``). Results land in a
+    queue (a worker's thread puts, the caller's takes). Once the caller
+    decides, an attempt still in flight is given up: its answer, if it comes,
+    is closed unread, so its connection is never pooled half-read.
+    """
+
+    def __init__(self) -> None:
+        self._landed: queue.SimpleQueue[Landed] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.started: Dict[Any, float] = {}
+        self._flying: Set[Any] = set()
+        self._decided = False
+
+    def start(self, attempt: Any) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self.started[attempt] = now
+            self._flying.add(attempt)
+        return now
+
+    def cancel(self, attempt: Any) -> None:
+        with self._lock:
+            self._flying.discard(attempt)
+            self.started.pop(attempt, None)
+
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._flying) or not self._landed.empty()
+
+    def land(self, attempt: Any, response: Any, error: Optional[BaseException], took: float) -> None:
+        """From a worker: ``attempt`` ended. After the decision its answer is closed, never pooled half-read."""
+        with self._lock:
+            if self._decided:
+                if response is not None:
+                    response.close()
+                return
+            if response is None and error is None:
+                return  # given up before its answer came (closed already)
+        self._landed.put((attempt, response, error, took))
+
+    def given_up(self, attempt: Any) -> bool:
+        return self._decided
+
+    def wait(self, seconds: Optional[float]) -> Optional[Landed]:
+        """The next attempt to land, waiting up to ``seconds`` (None: until one does); None if none did."""
+        try:
+            landed = self._landed.get(timeout=seconds)
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._flying.discard(landed[0])
+        return landed
+
+    def decide(self, winner: Any) -> List[Tuple[Any, float]]:
+        """``winner``'s answer is the one: every other attempt is given up; returns them with their wait so far."""
+        now = time.monotonic()
+        with self._lock:
+            self._decided = True
+            losers = [(a, now - self.started[a]) for a in self._flying if a != winner]
+            self._flying.clear()
+        while not self._landed.empty():  # landed after the winner: answers never returned, closed
+            _, response, _, _ = self._landed.get()
+            if response is not None:
+                response.close()
+        return losers

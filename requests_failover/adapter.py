@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import inspect
 import os
-import queue
-import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
@@ -56,7 +54,7 @@ from ._config import (
 )
 from ._environment import Environment, readdress
 from ._health import describe_error
-from ._hedge import ConnectTimes, Latencies, Race, Suspects, Workers, has_idle_connection
+from ._hedge import ConnectTimes, Flight, Latencies, Race, Suspects, Workers, has_idle_connection
 from ._retry import RetryBudget, Verdict
 from ._selection import Selection, Status
 from ._urllib3 import is_managed
@@ -550,7 +548,7 @@ class FailoverAdapter(HTTPAdapter):
         route: _Route,
         kwargs: Mapping[str, Any],
         sent_at: float,
-        flight: Optional[_Flight] = None,
+        flight: Optional[Flight] = None,
     ) -> Tuple[Optional[requests.Response], Optional[BaseException], float]:
         """Send ``attempt`` and read its answer; never raises. A ``flight`` given up meanwhile closes the answer."""
         try:
@@ -572,10 +570,10 @@ class FailoverAdapter(HTTPAdapter):
         """Send ``attempt`` on a worker; if its answer is late, send a hedge to the next backend too.
 
         The first success wins; a failure waits for the other attempt still in
-        flight; the loser is given up (:meth:`_Flight.decide`). Every outcome
+        flight; the loser is given up (:meth:`Flight.decide`). Every outcome
         is recorded here, on the caller's thread.
         """
-        flight = _Flight()
+        flight = Flight()
         if not self._launch(flight, attempt, route, kwargs):
             response, error, took = self._exchange(attempt, route, kwargs, time.monotonic())
             self._account(attempts.record(attempt, took, response=response, error=error))
@@ -600,7 +598,7 @@ class FailoverAdapter(HTTPAdapter):
                     self._account(attempts.abandoned(loser, seconds))
                 return
 
-    def _launch(self, flight: _Flight, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> bool:
+    def _launch(self, flight: Flight, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> bool:
         """Start ``attempt`` of ``flight`` on a worker thread; False when none is free."""
         sent_at = flight.start(attempt)
 
@@ -704,80 +702,6 @@ class _Route:
         body: object = self.request.body
         if body is not None and hasattr(body, "seek"):
             rewind_body(self.request)
-
-
-class _Flight:
-    """The attempts of one hedged exchange, in flight on worker threads; the first to land is waited for.
-
-    Results land in a queue (a worker's thread puts, the caller's takes).
-    Once the caller decides, an attempt still in flight is given up: its
-    answer, if it comes, is closed unread (:meth:`FailoverAdapter._exchange`).
-    """
-
-    def __init__(self) -> None:
-        self._landed: queue.SimpleQueue[_Landed] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self.started: Dict[Attempt, float] = {}
-        self._flying: Set[Attempt] = set()
-        self._decided = False
-
-    def start(self, attempt: Attempt) -> float:
-        now = time.monotonic()
-        with self._lock:
-            self.started[attempt] = now
-            self._flying.add(attempt)
-        return now
-
-    def cancel(self, attempt: Attempt) -> None:
-        with self._lock:
-            self._flying.discard(attempt)
-            self.started.pop(attempt, None)
-
-    @property
-    def in_flight(self) -> bool:
-        return bool(self._flying) or not self._landed.empty()
-
-    def land(
-        self, attempt: Attempt, response: Optional[requests.Response], error: Optional[BaseException], took: float
-    ) -> None:
-        """From a worker: ``attempt`` ended. After the decision its answer is closed, never pooled half-read."""
-        with self._lock:
-            if self._decided:
-                if response is not None:
-                    response.close()
-                return
-            if response is None and error is None:
-                return  # given up before its answer came (closed already)
-        self._landed.put((attempt, response, error, took))
-
-    def given_up(self, attempt: Attempt) -> bool:
-        return self._decided
-
-    def wait(self, seconds: Optional[float]) -> Optional[_Landed]:
-        """The next attempt to land, waiting up to ``seconds`` (None: until one does); None if none did."""
-        try:
-            landed = self._landed.get(timeout=seconds)
-        except queue.Empty:
-            return None
-        with self._lock:
-            self._flying.discard(landed[0])
-        return landed
-
-    def decide(self, winner: Attempt) -> List[Tuple[Attempt, float]]:
-        """``winner``'s answer is the one: every other attempt is given up; returns them with their wait so far."""
-        now = time.monotonic()
-        with self._lock:
-            self._decided = True
-            losers = [(a, now - self.started[a]) for a in self._flying if a != winner]
-            self._flying.clear()
-        while not self._landed.empty():  # landed after the winner: answers never returned, closed
-            _, response, _, _ = self._landed.get()
-            if response is not None:
-                response.close()
-        return losers
-
-
-_Landed = Tuple[Attempt, Optional[requests.Response], Optional[BaseException], float]
 
 
 def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:
