@@ -34,9 +34,10 @@ def armed(primary, secondary, **options: Any) -> FailoverSession:
     for _ in range(MIN_SAMPLES):
         assert served_by(session.get(primary.url + "/warm")) == "primary"
     primary.set(delay=1.0)  # more than twice the p95 of the fast answers, even on a loaded machine
-    assert served_by(session.get(primary.url + "/warm")) == "primary", "the first slow answer is not hedged"
+    session.get(primary.url + "/warm")  # (not hedged: test_a_slow_answer_with_no_history_is_not_hedged)
     primary.set(delay=0)
     primary.reset_hits()
+    secondary.reset_hits()
     return session
 
 
