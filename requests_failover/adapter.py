@@ -20,7 +20,6 @@ each one:
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -56,7 +55,7 @@ from ._environment import Environment, readdress
 from ._health import describe_error
 from ._hedge import ConnectTimes, Flight, Latencies, Race, Suspects, Workers, has_idle_connection
 from ._retry import RetryBudget, Verdict
-from ._selection import Selection, Status
+from ._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT, Selection, Status
 from ._urllib3 import is_managed
 from .events import AttemptEvent, Observer, SwitchEvent, emit
 from .store import StateStore
@@ -620,27 +619,16 @@ class FailoverAdapter(HTTPAdapter):
         backend = outcome.attempt.backend
         if outcome.verdict is Verdict.SUCCESS:
             self._latencies.add(backend.url, outcome.duration)
-            self._record_success(backend, outcome.duration)
+            self._selection.record_success(backend, latency=outcome.duration)
         elif outcome.abandoned:
             if not outcome.attempt.hedge:  # an abandoned hedge started late: it says nothing of its backend
                 self._latencies.slow(backend.url, outcome.duration)
-                self._record_slow(backend, outcome.duration, "hedge lost")
+                self._selection.record_slow(backend, outcome.duration, SLOW_HEDGE_LOST)
         elif outcome.verdict is not Verdict.RAISE:
             if outcome.read_timeout:
                 self._latencies.slow(backend.url, outcome.duration)
-                self._record_slow(backend, outcome.duration, "read timeout")
+                self._selection.record_slow(backend, outcome.duration, SLOW_READ_TIMEOUT)
             self._selection.record_failure(backend, outcome.error or "failed", outcome.retry_after)
-
-    def _record_success(self, backend: Backend, latency: float) -> None:
-        if _LATENCY_KNOWN:
-            self._selection.record_success(backend, latency=latency)  # type: ignore[call-arg,unused-ignore]
-        else:
-            self._selection.record_success(backend)
-
-    def _record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
-        record = getattr(self._selection, "record_slow", None)  # the selection's latency books, where present
-        if record is not None:
-            record(backend, seconds, reason)
 
     def _emit_attempts(self, attempts: Attempts) -> None:
         """One AttemptEvent per attempt: every one but the last went on to another attempt
@@ -677,8 +665,6 @@ class FailoverAdapter(HTTPAdapter):
 #: What lands for an attempt whose worker ended without an answer or an error (never expected).
 _NO_ANSWER = RuntimeError("requests-failover: a hedging worker ended without an answer")
 _FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
-#: Whether the selection takes answer latencies (``record_success(backend, latency=)``).
-_LATENCY_KNOWN = "latency" in inspect.signature(Selection.record_success).parameters
 
 
 class _Route:

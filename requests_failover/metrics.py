@@ -59,7 +59,7 @@ class _Gauges:
                 self.active = active = event.current
                 return active, None
             if isinstance(event, AttemptEvent):
-                if event.outcome == "raised":
+                if event.outcome in ("raised", "abandoned"):  # not the backend's fault; a lost hedge is slow, not down
                     return None, None
                 down = event.outcome != "success" or (event.status_code or 0) in (500, 502, 503, 504)
                 if not down and self.active is None and not event.failover:

@@ -139,3 +139,16 @@ def test_under_saturation_the_budget_stops_hedging(primary, secondary):
 def test_hedge_requests_must_be_a_bool(bad):
     with pytest.raises(TypeError, match="hedge_requests"):
         FailoverSession(["http://127.0.0.1:1"], state_file=False, hedge_requests=bad)
+
+
+def test_an_abandoned_attempt_does_not_mark_its_backend_down_in_metrics():
+    from requests_failover.metrics import _Gauges
+
+    gauges = _Gauges()
+    fields = dict(method="GET", status_code=None, error=None, duration=0.1, attempt=1, failover=False, repeat=False)
+    assert gauges.see(AttemptEvent(backend="http://a", outcome="success", at=0.0, **fields)) == (
+        "http://a",
+        ("http://a", False),
+    )
+    lost = AttemptEvent(backend="http://a", outcome="abandoned", at=1.0, hedge=False, won=False, **fields)
+    assert gauges.see(lost) == (None, None), "a lost hedge is slow, not down"
