@@ -353,7 +353,10 @@ class FailoverAdapter(HTTPAdapter):
         return attempt if won is first else attempts.moved(attempt, won)
 
     def _attempt_proxies(self, backend: Backend, route: _Route) -> Any:
-        """The proxies of the request's attempts to ``backend`` (h22's :meth:`_proxies_for`, once per backend)."""
+        """The proxies of the request's attempts to ``backend``: as given for the backend the URL
+        names, else :meth:`_proxies_for` (once per backend and request)."""
+        if backend is route.source:
+            return route.proxies
         derived = route.derived
         if backend.url not in derived:
             derived[backend.url] = self._proxies_for(backend, route.source, route.proxies)
@@ -702,8 +705,6 @@ def _connect_error(error: Optional[BaseException], request: requests.PreparedReq
     if isinstance(error, Urllib3SSLError):
         return requests.exceptions.SSLError(wrapped, request=request)
     return requests.exceptions.ConnectionError(wrapped, request=request)
-
-
 
 
 def _replayable(request: requests.PreparedRequest) -> bool:
