@@ -28,10 +28,13 @@ same size within the file system's timestamp granularity.)
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
+from http import cookiejar
 from http.cookiejar import CookieJar
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 from requests import PreparedRequest, sessions
@@ -56,6 +59,15 @@ class Environment:
         self._extra: Tuple[str, ...] = ()
         self._count = -1
         self._scan_lock = threading.Lock()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A prepared request records the environment it was derived with (a
+        # pickled request or response carries it along): the caches are
+        # rebuilt on demand, the lock is new.
+        return {}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]  # a fresh, empty cache
 
     def _fingerprint(self) -> Tuple[Any, ...]:
         environ = os.environ
@@ -154,7 +166,8 @@ class Provenance(NamedTuple):
     request or the session); ``authorization``: the ``Authorization`` value it
     gave for the URL asked for (None: no entry); ``cookie``: the ``Cookie``
     value computed from ``jar`` for that URL (None: none); ``callers``: the
-    caller's ``Authorization`` that the entry replaced.
+    caller's ``Authorization`` that the entry replaced; ``session_jar``: the
+    session's own jar, where :func:`keep_cookies` keeps what another backend set.
     """
 
     environment: Environment
@@ -163,6 +176,7 @@ class Provenance(NamedTuple):
     jar: Optional[CookieJar]
     cookie: Optional[str]
     callers: Optional[str] = None  # the caller's Authorization header that .netrc replaced (requests' rule)
+    session_jar: Optional[CookieJar] = None  # where cookies set by another backend are kept
 
 
 def mark(
@@ -173,6 +187,7 @@ def mark(
     netrc: bool,
     derived: bool,
     callers: Optional[str] = None,
+    session_jar: Optional[CookieJar] = None,
 ) -> None:
     """Record on ``prepared`` which of its headers the session derived (not the caller).
 
@@ -184,7 +199,8 @@ def mark(
     headers = prepared.headers
     authorization = headers.get("Authorization") if derived else None
     cookie = headers.get("Cookie")
-    setattr(prepared, PROVENANCE, Provenance(environment, netrc, authorization, jar, cookie, callers))
+    provenance = Provenance(environment, netrc, authorization, jar, cookie, callers, session_jar)
+    setattr(prepared, PROVENANCE, provenance)
 
 
 def readdress(
@@ -240,3 +256,56 @@ def readdress(
         else:
             headers.pop("Cookie", None)
     return auth
+
+
+def keep_cookies(request: PreparedRequest, response: Any) -> None:
+    """Keep in the session's jar the cookies a backend set when it answered for another one.
+
+    ``Session.send`` stores a response's cookies under the URL asked for
+    (requests' ``extract_cookies_to_jar(jar, request, ...)``), so a host-only
+    cookie of the backend that answered becomes the asked-for host's: one
+    service, one session. A cookie scoped with ``Domain=`` to the answering
+    backend's domain would be refused there (it does not domain-match the
+    host asked for): it is checked here against the answering backend, as
+    requests would for a request sent to it directly, and kept as a host-only
+    cookie of the host asked for. Called by the adapter once per request
+    whose answer came from another backend (no hook: a prepared request
+    stays what requests' own preparation makes).
+    """
+    provenance: Optional[Provenance] = getattr(request, PROVENANCE, None)
+    sent = getattr(response, "request", None)
+    if provenance is None or provenance.session_jar is None or sent is None or sent is request:
+        return
+    asked = request.url or ""
+    asked_host = (urlsplit(asked).hostname or "").lower()
+    answered_host = (urlsplit(sent.url or "").hostname or "").lower()
+    if not asked_host or asked_host == answered_host or getattr(response, "raw", None) is None:
+        return
+    theirs = _cookies.RequestsCookieJar()
+    _extract_cookies_to_jar(theirs, sent, response.raw)  # the answering backend's policy
+    host_only: str = _eff_request_host(_Asked(asked))[1]
+    for cookie in theirs:
+        domain = cookie.domain.lstrip(".")
+        if not cookie.domain_specified or asked_host == domain or asked_host.endswith("." + domain):
+            continue  # requests stores it under the URL asked for itself
+        kept = copy.copy(cookie)
+        # a host-only cookie of the host asked for, spelled as the jar spells one it sets itself
+        kept.domain, kept.domain_specified, kept.domain_initial_dot = host_only, False, False
+        provenance.session_jar.set_cookie(kept)
+
+
+_extract_cookies_to_jar: Any = _cookies.extract_cookies_to_jar  # untyped in types-requests
+_eff_request_host: Any = getattr(cookiejar, "eff_request_host")  # noqa: B009 - not in typeshed's stub
+
+
+class _Asked:
+    """The URL asked for, as ``http.cookiejar`` reads a request."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def get_full_url(self) -> str:
+        return self._url
+
+    def get_header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return default

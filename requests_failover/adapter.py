@@ -51,7 +51,7 @@ from ._config import (
     Options,
     build_options,
 )
-from ._environment import Environment, readdress
+from ._environment import Environment, keep_cookies, readdress
 from ._health import describe_error
 from ._hedge import ConnectTimes, Flight, Latencies, Race, Suspects, Workers, has_idle_connection
 from ._retry import RetryBudget, Verdict
@@ -513,7 +513,9 @@ class FailoverAdapter(HTTPAdapter):
             while attempt is not None:
                 self._perform(attempts, attempt, route, kwargs)
                 attempt = attempts.next(time.monotonic())
-            return attempts.result(route.source, request)
+            response = attempts.result(route.source, request)
+            keep_cookies(request, response)
+            return response
         finally:
             if self._options.observers and attempts.outcomes:
                 self._emit_attempts(attempts)

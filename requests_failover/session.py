@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from http import cookiejar as cookielib
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
 
 import requests
 from requests import cookies as _cookies
@@ -43,7 +41,6 @@ merge_hooks: Any = _sessions.merge_hooks
 merge_cookies: Any = _cookies.merge_cookies
 cookiejar_from_dict: Any = _cookies.cookiejar_from_dict
 RequestsCookieJar: Any = _cookies.RequestsCookieJar
-extract_cookies_to_jar: Any = _cookies.extract_cookies_to_jar
 
 
 class FailoverSession(requests.Session):
@@ -216,8 +213,8 @@ class FailoverSession(requests.Session):
         the ``.netrc`` lookup cached. For a backend URL the prepared request
         also records which ``Authorization`` and ``Cookie`` values the session
         derived (not the caller), so that a request sent to another backend
-        carries that backend's own (:func:`._environment.readdress`), and
-        carries a hook that keeps the cookies a backend sets during failover.
+        carries that backend's own (:func:`._environment.readdress`), and the
+        cookies another backend sets are kept (:func:`._environment.keep_cookies`).
         Other URLs go to requests' code.
         """
         url = request.url
@@ -246,8 +243,15 @@ class FailoverSession(requests.Session):
         )
         derived = netrc and auth is not None
         callers = headers.get("Authorization") if derived and headers else None
-        mark(prepared, self._environment, merged_cookies, netrc=netrc, derived=derived, callers=callers)
-        prepared.register_hook("response", _KeepCookies(self.cookies, prepared.url or ""))  # type: ignore[no-untyped-call]
+        mark(
+            prepared,
+            self._environment,
+            merged_cookies,
+            netrc=netrc,
+            derived=derived,
+            callers=callers,
+            session_jar=self.cookies,
+        )
         return prepared
 
     # -- redirects: the configured backends are one origin ------------------------------------
@@ -324,55 +328,3 @@ class FailoverSession(requests.Session):
 
     def __repr__(self) -> str:
         return f"<FailoverSession {list(self.failover_adapter.backends)!r} active={self.active_backend!r}>"
-
-
-class _KeepCookies:
-    """A response hook: keeps the cookies a backend sets when it answered for another one.
-
-    ``Session.send`` stores a response's cookies under the URL asked for
-    (requests' ``extract_cookies_to_jar(jar, request, ...)``), so a host-only
-    cookie of the backend that answered becomes the asked-for host's: one
-    service, one session. A cookie scoped with ``Domain=`` to the answering
-    backend's domain would be refused there (it does not domain-match the
-    host asked for): it is checked here against the answering backend, as
-    requests would for a request sent to it directly, and kept for the host
-    asked for.
-    """
-
-    def __init__(self, jar: cookielib.CookieJar, asked: str) -> None:
-        self._jar = jar
-        self._asked = asked
-        host_of: Any = getattr(cookielib, "eff_request_host")  # noqa: B009 - not in typeshed's stub
-        self._host_only: str = host_of(_Asked(asked))[1]
-
-    def __call__(self, response: requests.Response, **kwargs: Any) -> None:
-        sent = response.request
-        if sent is None or sent.url == self._asked:
-            return
-        asked_host = (urlsplit(self._asked).hostname or "").lower()
-        answered_host = (urlsplit(sent.url or "").hostname or "").lower()
-        if not asked_host or asked_host == answered_host:
-            return
-        theirs = RequestsCookieJar()
-        extract_cookies_to_jar(theirs, sent, response.raw)  # the answering backend's policy
-        for cookie in theirs:
-            domain = cookie.domain.lstrip(".")
-            if not cookie.domain_specified or asked_host == domain or asked_host.endswith("." + domain):
-                continue  # requests stores it under the URL asked for itself
-            kept = copy.copy(cookie)
-            # a host-only cookie of the host asked for, spelled as the jar spells one it sets itself
-            kept.domain, kept.domain_specified, kept.domain_initial_dot = self._host_only, False, False
-            self._jar.set_cookie(kept)
-
-
-class _Asked:
-    """The URL asked for, as ``http.cookiejar`` reads a request."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-
-    def get_full_url(self) -> str:
-        return self._url
-
-    def get_header(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        return default
