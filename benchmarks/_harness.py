@@ -127,13 +127,17 @@ def failed(name: str, error: BaseException) -> Row:
     return Row(f"{name}: failed", float("nan"), "", exactly(0), f"{type(error).__name__}: {error}"[:100])
 
 
-def run_all(ctx: Context, scenarios: Sequence[Tuple[str, Scenario]]) -> List[Row]:
+def run_all(ctx: Context, scenarios: Sequence[Tuple[str, Scenario]], progress: Optional[TextIO] = None) -> List[Row]:
+    """Run each scenario in turn; a scenario that raises gives a missed row, the others still run."""
     rows: List[Row] = []
     for name, scenario in scenarios:
+        started = time.monotonic()
         try:
             rows += scenario(ctx)
         except Exception as error:  # one broken scenario must not hide the others' figures
             rows.append(failed(name, error))
+        if progress is not None:
+            print(f"{name}: {time.monotonic() - started:.0f} s", file=progress, flush=True)
     return rows
 
 

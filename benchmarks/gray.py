@@ -21,6 +21,7 @@ clients' figures are in the detail column.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -88,19 +89,20 @@ CLIENTS = ("plain", "loop", "failover")
 def load(call: Call, duration: float, threads: int = THREADS, rate: float = RATE) -> List[Outcome]:
     """Send GETs from ``threads`` threads on one schedule (request n due at n/rate s) for ``duration`` s.
 
-    A thread takes the next slot of the schedule when it is free; when every
-    thread is waiting for slow answers, slots pass and fewer requests are made
-    (as a thread pool behind a caller would).
+    A free thread takes the next slot of the schedule; slots that passed while
+    every thread waited for slow answers are skipped, so slow answers mean
+    fewer requests made in the same time (as with a thread pool behind a
+    caller), never a backlog sent late.
     """
-    slots = itertools.count()
     lock = threading.Lock()
     outcomes: List[Outcome] = []
     start = time.perf_counter() + 0.05
+    taken = [-1]  # the last slot taken
 
     def run() -> None:
         while True:
             with lock:
-                n = next(slots)
+                n = taken[0] = max(taken[0] + 1, math.ceil((time.perf_counter() - start) * rate))
             due = start + n / rate
             if due >= start + duration:
                 return

@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     backends = Backends()
     try:
         ctx = Context(backends, args.quick, *((3, 200) if args.quick else (9, 800)))
-        rows = run_all(ctx, chosen)
+        rows = run_all(ctx, chosen, progress=sys.stderr)
         hot = overhead.profile(ctx) if args.profile else ""
     finally:
         backends.close()
