@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/run.py                 # every row (about 15 minutes)
-    python benchmarks/run.py --quick         # fewer rounds, 4 s instead of 20 s of load
+    python benchmarks/run.py --quick         # fewer rounds, 8 s instead of 20 s of load
     python benchmarks/run.py --only gray     # the scenarios whose name contains "gray" (or any word)
     python benchmarks/run.py --profile       # also profile the hot path
     python benchmarks/run.py --json          # the rows as JSON
