@@ -382,10 +382,10 @@ def failback(ctx: Context) -> List[Row]:
             side(lambda r: r.primary_share(r.first, r.first + 1), "%"),
         ),
         Row(
-            f"failback: primary's share {f.at:.0f} s after recovery",
+            f"failback: primary's share {f.at:.0f} s after recovery" + (" (--quick: not judged)" if ctx.quick else ""),
             f.primary_share(*late),
             "%",
-            at_least(90),
+            None if ctx.quick else at_least(90),  # the goal is for ~30 s after recovery, past the ramp
             side(lambda r: r.primary_share(r.recovered + r.at - 1, r.recovered + r.at + 1), "%"),
         ),
         Row(
