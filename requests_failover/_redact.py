@@ -34,6 +34,24 @@ def userinfo(url: str) -> Optional[str]:
     return rest.rpartition("@")[0]
 
 
+def checked(value: str, argument: str) -> str:
+    """``value`` as messages show it (:func:`url`), once it is known to be safe to parse.
+
+    A URL holding white space or a control character, or a user name or
+    password holding an unencoded '/', '?' or '#' (a parser would split it
+    there and quote the rest), is a ``ValueError`` naming ``argument``.
+    """
+    shown = url(value)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
+    info = userinfo(value)
+    if info is not None and any(c in info for c in "/?#"):
+        raise ValueError(
+            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
+        )
+    return shown
+
+
 def url(text: str, *, names: bool = False) -> str:
     """``text`` (a URL) without its password: ``scheme://user@host...`` (``scheme://***@host...``
     when the userinfo is a name alone, unless ``names``: a store's ``location``, which

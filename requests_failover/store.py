@@ -166,14 +166,7 @@ def check_url(url: str, argument: str = "state_store") -> None:
     Messages show the URL with its userinfo masked and never quote the
     parser's own message (which may hold part of a password).
     """
-    shown = redact(url)
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
-    info = _redact.userinfo(url)
-    if info is not None and any(c in info for c in "/?#"):
-        raise ValueError(
-            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
-        )
+    shown = _redact.checked(url, argument)
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a bad port
