@@ -14,6 +14,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
@@ -106,14 +107,7 @@ def parse_backend(value: object, *, argument: str = "backends") -> Backend:
     if not isinstance(value, str):
         raise TypeError(f"{argument}: each backend must be a str URL, got {type(value).__name__}")
     text = value.strip()
-    shown = redact.url(text)
-    if any(c.isspace() or not c.isprintable() for c in text):
-        raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
-    info = redact.userinfo(text)
-    if info is not None and any(c in info for c in "/?#"):
-        raise ValueError(
-            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
-        )
+    shown = redact.checked(text, argument)
     try:
         parsed = parse_url(text)
     except Exception:  # urllib3 raises LocationParseError (a ValueError) and others, quoting the URL
@@ -215,32 +209,38 @@ def validate_timeout(name: str, value: object) -> Tuple[Optional[float], Optiona
 class Options:
     """Every setting of a :class:`~requests_failover.FailoverAdapter`, validated.
 
-    ``targets`` are the backends requests are sent to, in priority order.
-    ``aliases`` are the base URLs whose requests are rewritten: the targets
-    plus, in development mode, the configured backends that the environment
-    replaced.
+    Built only by :func:`build_options` (its fields have no defaults: the
+    defaults are :data:`OPTION_DEFAULTS`). ``targets`` are the backends
+    requests are sent to, in priority order. ``aliases`` are the base URLs
+    whose requests are rewritten: the targets plus, in development mode, the
+    configured backends that the environment replaced.
     """
 
     targets: Tuple[Backend, ...]
     aliases: Tuple[Backend, ...]
-    health_paths: Tuple[str, ...] = DEFAULT_HEALTH_PATHS
-    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
-    cache_ttl: float = DEFAULT_CACHE_TTL
-    max_retries: int = DEFAULT_MAX_RETRIES
-    retry_delay: float = DEFAULT_RETRY_DELAY
-    healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
-    hedge_delay: Optional[float] = DEFAULT_HEDGE_DELAY
-    default_timeout: Tuple[Optional[float], Optional[float]] = DEFAULT_TIMEOUT
-    state_file: Union[bool, str, None] = None
-    on_switch: Optional[Callable[[Any], None]] = None
-    development: bool = False
-    observers: Tuple[Callable[[Any], None], ...] = ()
-    health_check: Optional[Callable[[Any], bool]] = None
-    health_headers: Tuple[Tuple[str, str], ...] = ()
-    state_store: Any = None  # None, a redis:// or rediss:// URL, or a store object
-    slow_start: float = DEFAULT_SLOW_START
-    demote_slow: bool = DEFAULT_DEMOTE_SLOW
-    hedge_requests: bool = DEFAULT_HEDGE_REQUESTS
+    development: bool
+    health_paths: Tuple[str, ...]
+    health_timeout: float
+    cache_ttl: float
+    max_retries: int
+    retry_delay: float
+    healthy_threshold: int
+    hedge_delay: Optional[float]
+    default_timeout: Tuple[Optional[float], Optional[float]]
+    state_file: Union[bool, str, None]
+    transport: Any  # None or a requests adapter that really sends
+    on_switch: Optional[Callable[[Any], None]]
+    allow_insecure: bool
+    health_check: Optional[Callable[[Any], bool]]
+    health_headers: Tuple[Tuple[str, str], ...]
+    observers: Tuple[Callable[[Any], None], ...]
+    state_store: Any  # None, a redis:// or rediss:// URL, or a store object
+    pool_connections: int
+    pool_maxsize: int
+    pool_block: bool
+    slow_start: float
+    demote_slow: bool
+    hedge_requests: bool
 
     def __repr__(self) -> str:
         """Every field, with the secrets hidden: header values and a store URL's userinfo."""
@@ -279,50 +279,119 @@ def _state_store(value: object, env: Mapping[str, str]) -> object:
     return value
 
 
-def build_options(
-    backends: object,
-    *,
-    health_paths: object = DEFAULT_HEALTH_PATHS,
-    health_timeout: object = DEFAULT_HEALTH_TIMEOUT,
-    cache_ttl: object = DEFAULT_CACHE_TTL,
-    max_retries: object = DEFAULT_MAX_RETRIES,
-    retry_delay: object = DEFAULT_RETRY_DELAY,
-    healthy_threshold: object = DEFAULT_HEALTHY_THRESHOLD,
-    hedge_delay: object = DEFAULT_HEDGE_DELAY,
-    default_timeout: object = DEFAULT_TIMEOUT,
-    state_file: object = None,
-    on_switch: object = None,
-    allow_insecure: object = False,
-    observers: object = (),
-    health_check: object = None,
-    health_headers: object = None,
-    state_store: object = None,
-    slow_start: object = DEFAULT_SLOW_START,
-    demote_slow: object = DEFAULT_DEMOTE_SLOW,
-    environ: Optional[Mapping[str, str]] = None,
-    hedge_requests: object = DEFAULT_HEDGE_REQUESTS,
-) -> Options:
-    """Validate every argument once; errors name the argument at fault."""
-    if not isinstance(allow_insecure, bool):
-        raise TypeError(f"allow_insecure: expected a bool, got {type(allow_insecure).__name__}")
-    if not isinstance(demote_slow, bool):
-        raise TypeError(f"demote_slow: expected a bool, got {type(demote_slow).__name__}")
-    if not isinstance(hedge_requests, bool):
-        raise TypeError(f"hedge_requests: expected a bool, got {type(hedge_requests).__name__}")
-    configured = _parse_backends(backends, argument="backends", allow_insecure=allow_insecure)
+#: Every keyword option of :class:`~requests_failover.FailoverAdapter` and
+#: :class:`~requests_failover.FailoverSession` with its default, declared once:
+#: :func:`build_options` reads its arguments by these names, the session and
+#: the adapter pass theirs down by them, and tests/test_config.py pins both
+#: explicit signatures (kept for ``inspect.signature`` users such as
+#: requests-cache) to this table.
+OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "health_paths": DEFAULT_HEALTH_PATHS,
+        "health_timeout": DEFAULT_HEALTH_TIMEOUT,
+        "cache_ttl": DEFAULT_CACHE_TTL,
+        "max_retries": DEFAULT_MAX_RETRIES,
+        "retry_delay": DEFAULT_RETRY_DELAY,
+        "healthy_threshold": DEFAULT_HEALTHY_THRESHOLD,
+        "hedge_delay": DEFAULT_HEDGE_DELAY,
+        "default_timeout": DEFAULT_TIMEOUT,
+        "state_file": None,
+        "transport": None,
+        "on_switch": None,
+        "allow_insecure": False,
+        "health_check": None,
+        "health_headers": None,
+        "observers": (),
+        "state_store": None,
+        "pool_connections": DEFAULT_POOL_CONNECTIONS,
+        "pool_maxsize": DEFAULT_POOL_MAXSIZE,
+        "pool_block": False,
+        "slow_start": DEFAULT_SLOW_START,
+        "demote_slow": DEFAULT_DEMOTE_SLOW,
+        "hedge_requests": DEFAULT_HEDGE_REQUESTS,
+    }
+)
+
+
+def build_options(backends: object, *, environ: Optional[Mapping[str, str]] = None, **given: Any) -> Options:
+    """Validate every option once (``given`` by the names of :data:`OPTION_DEFAULTS`); errors name the argument.
+
+    ``environ`` (default ``os.environ``) is where ``REQUESTS_FAILOVER_BACKENDS``
+    and ``REQUESTS_FAILOVER_STATE_URL`` are read.
+    """
+    unknown = sorted(set(given) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not an option of FailoverAdapter")
+    o = {**OPTION_DEFAULTS, **given}
+    for name in ("allow_insecure", "pool_block", "demote_slow", "hedge_requests"):
+        _flag(name, o[name])
     env = os.environ if environ is None else environ
+    configured = _parse_backends(backends, argument="backends", allow_insecure=o["allow_insecure"])
+    targets, development = configured, False
     override = env.get(ENV_BACKENDS, "").strip()
-    targets = configured
-    development = False
     if override:
         urls = [part.strip() for part in override.split(",") if part.strip()]
-        targets = _parse_backends(urls, argument=ENV_BACKENDS, allow_insecure=allow_insecure)
+        targets = _parse_backends(urls, argument=ENV_BACKENDS, allow_insecure=o["allow_insecure"])
         development = True
-    aliases = targets + tuple(b for b in configured if b not in targets)
+    if o["transport"] is not None and not callable(getattr(o["transport"], "send", None)):
+        raise TypeError(f"transport: expected a requests adapter, got {type(o['transport']).__name__}")
+    return Options(
+        targets=targets,
+        aliases=targets + tuple(b for b in configured if b not in targets),
+        development=development,
+        health_paths=_health_paths(o["health_paths"]),
+        health_timeout=_number("health_timeout", o["health_timeout"], minimum=0, strict=True),
+        cache_ttl=_number("cache_ttl", o["cache_ttl"], minimum=0),
+        max_retries=_count("max_retries", o["max_retries"], 0, None),
+        retry_delay=_number("retry_delay", o["retry_delay"], minimum=0),
+        healthy_threshold=_count("healthy_threshold", o["healthy_threshold"], 1, 100),
+        hedge_delay=None
+        if o["hedge_delay"] is None
+        else _number("hedge_delay", o["hedge_delay"], minimum=0, strict=True),
+        default_timeout=validate_timeout("default_timeout", o["default_timeout"]),
+        state_file=_state_file(o["state_file"]),
+        transport=o["transport"],
+        on_switch=_callable("on_switch", o["on_switch"]),
+        allow_insecure=o["allow_insecure"],
+        health_check=_callable("health_check", o["health_check"]),
+        health_headers=_health_headers(o["health_headers"]),
+        observers=_observers(o["observers"]),
+        state_store=_state_store(o["state_store"], env),
+        pool_connections=_count("pool_connections", o["pool_connections"], 1, None),
+        pool_maxsize=_count("pool_maxsize", o["pool_maxsize"], 1, None),
+        pool_block=o["pool_block"],
+        slow_start=_number("slow_start", o["slow_start"], minimum=0),
+        demote_slow=o["demote_slow"],
+        hedge_requests=o["hedge_requests"],
+    )
 
-    if isinstance(health_paths, (str, bytes)) or not isinstance(health_paths, Sequence):
+
+def _flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def _count(name: str, value: object, minimum: int, maximum: Optional[int]) -> int:
+    """An int option within [minimum, maximum] (no maximum: None)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name}: must be between {minimum} and {maximum}, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _callable(name: str, value: object) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name}: expected a callable, got {type(value).__name__}")
+    return value
+
+
+def _health_paths(value: object) -> Tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError("health_paths: expected a sequence of paths such as ('/health',)")
-    paths = tuple(health_paths)
+    paths = tuple(value)
     if not paths:
         raise ValueError("health_paths: at least one path is required")
     for path in paths:
@@ -336,68 +405,42 @@ def build_options(
                 f"health_paths: {path!r} contains a '.' or '..' segment; "
                 "write a path relative to the host with two leading slashes, such as '//health'"
             )
+    return paths
 
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-        raise TypeError(f"max_retries: expected an int, got {type(max_retries).__name__}")
-    if max_retries < 0:
-        raise ValueError(f"max_retries: must be >= 0, got {max_retries}")
 
-    if isinstance(healthy_threshold, bool) or not isinstance(healthy_threshold, int):
-        raise TypeError(f"healthy_threshold: expected an int, got {type(healthy_threshold).__name__}")
-    if not 1 <= healthy_threshold <= 100:
-        raise ValueError(f"healthy_threshold: must be between 1 and 100, got {healthy_threshold}")
-
-    if state_file is True:
+def _state_file(value: object) -> Union[bool, str, None]:
+    if value is True:
         raise ValueError("state_file: pass None for the default file, False for memory only, or a path")
-    if state_file is not None and state_file is not False:
-        if not isinstance(state_file, (str, os.PathLike)):
-            raise TypeError(f"state_file: expected a path, None or False, got {type(state_file).__name__}")
-        state_file = os.fspath(state_file)
-        if not isinstance(state_file, str) or not state_file:
-            raise ValueError("state_file: expected a non-empty str path")
-        if os.path.isdir(state_file):  # one stat: a directory can never be the state file
-            example = os.path.join(state_file, "failover.json")
-            raise ValueError(f"state_file: {state_file!r} is a directory; give the path of a file, such as {example!r}")
-    if on_switch is not None and not callable(on_switch):
-        raise TypeError(f"on_switch: expected a callable, got {type(on_switch).__name__}")
-    if isinstance(observers, (str, bytes)) or not isinstance(observers, (Sequence, frozenset, set)):
-        raise TypeError(f"observers: expected a sequence of callables, got {type(observers).__name__}")
-    for observer in observers:
+    if value is None or value is False:
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"state_file: expected a path, None or False, got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise ValueError("state_file: expected a non-empty str path")
+    if os.path.isdir(path):  # one stat: a directory can never be the state file
+        example = os.path.join(path, "failover.json")
+        raise ValueError(f"state_file: {path!r} is a directory; give the path of a file, such as {example!r}")
+    return path
+
+
+def _observers(value: object) -> Tuple[Callable[[Any], None], ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, frozenset, set)):
+        raise TypeError(f"observers: expected a sequence of callables, got {type(value).__name__}")
+    for observer in value:
         if not callable(observer):
             raise TypeError(f"observers: each observer must be callable, got {type(observer).__name__}")
-    if health_check is not None and not callable(health_check):
-        raise TypeError(f"health_check: expected a callable, got {type(health_check).__name__}")
-    headers: Tuple[Tuple[str, str], ...] = ()
-    if health_headers is not None:
-        if not isinstance(health_headers, Mapping):
-            kind = type(health_headers).__name__
-            raise TypeError(f"health_headers: expected a mapping of header names to values, got {kind}")
-        for name, value in health_headers.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError("health_headers: names and values must be str")
-            if not name or any(c in name + value for c in "\r\n\0") or ":" in name:
-                raise ValueError(f"health_headers: invalid header {name!r}")
-        headers = tuple(health_headers.items())
+    return tuple(value)
 
-    return Options(
-        targets=targets,
-        aliases=aliases,
-        health_paths=paths,
-        health_timeout=_number("health_timeout", health_timeout, minimum=0, strict=True),
-        cache_ttl=_number("cache_ttl", cache_ttl, minimum=0),
-        max_retries=max_retries,
-        retry_delay=_number("retry_delay", retry_delay, minimum=0),
-        healthy_threshold=healthy_threshold,
-        hedge_delay=None if hedge_delay is None else _number("hedge_delay", hedge_delay, minimum=0, strict=True),
-        default_timeout=validate_timeout("default_timeout", default_timeout),
-        state_file=state_file,
-        on_switch=on_switch,
-        development=development,
-        observers=tuple(observers),
-        health_check=health_check,
-        health_headers=headers,
-        state_store=_state_store(state_store, env),
-        slow_start=_number("slow_start", slow_start, minimum=0),
-        demote_slow=demote_slow,
-        hedge_requests=hedge_requests,
-    )
+
+def _health_headers(value: object) -> Tuple[Tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise TypeError(f"health_headers: expected a mapping of header names to values, got {type(value).__name__}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise TypeError("health_headers: names and values must be str")
+        if not name or any(c in name + text for c in "\r\n\0") or ":" in name:
+            raise ValueError(f"health_headers: invalid header {name!r}")
+    return tuple(value.items())

@@ -47,6 +47,7 @@ from ._config import (
     DEFAULT_RETRY_DELAY,
     DEFAULT_SLOW_START,
     DEFAULT_TIMEOUT,
+    OPTION_DEFAULTS,
     Backend,
     Options,
     build_options,
@@ -169,39 +170,13 @@ class FailoverAdapter(HTTPAdapter):
         demote_slow: bool = DEFAULT_DEMOTE_SLOW,
         hedge_requests: bool = DEFAULT_HEDGE_REQUESTS,
     ) -> None:
-        options = build_options(
-            backends,
-            health_paths=health_paths,
-            health_timeout=health_timeout,
-            cache_ttl=cache_ttl,
-            max_retries=max_retries,
-            retry_delay=retry_delay,
-            healthy_threshold=healthy_threshold,
-            hedge_delay=hedge_delay,
-            default_timeout=default_timeout,
-            state_file=state_file,
-            on_switch=on_switch,
-            allow_insecure=allow_insecure,
-            health_check=health_check,
-            health_headers=health_headers,
-            observers=observers,
-            state_store=state_store,
-            slow_start=slow_start,
-            demote_slow=demote_slow,
-            hedge_requests=hedge_requests,
+        given = locals()  # the options, by their names in OPTION_DEFAULTS (listed above for inspect.signature)
+        options = build_options(backends, **{name: given[name] for name in OPTION_DEFAULTS})
+        super().__init__(
+            pool_connections=options.pool_connections, pool_maxsize=options.pool_maxsize, pool_block=options.pool_block
         )
-        if transport is not None and not callable(getattr(transport, "send", None)):
-            raise TypeError(f"transport: expected a requests adapter, got {type(transport).__name__}")
-        for name, value in (("pool_connections", pool_connections), ("pool_maxsize", pool_maxsize)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}: must be >= 1, got {value}")
-        if not isinstance(pool_block, bool):
-            raise TypeError(f"pool_block: expected a bool, got {type(pool_block).__name__}")
-        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize, pool_block=pool_block)
         self._options: Options = options
-        self._transport = transport
+        self._transport: Optional[BaseAdapter] = options.transport
         self._start()
 
     def _start(self) -> None:

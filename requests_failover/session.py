@@ -26,6 +26,7 @@ from ._config import (
     DEFAULT_RETRY_DELAY,
     DEFAULT_SLOW_START,
     DEFAULT_TIMEOUT,
+    OPTION_DEFAULTS,
 )
 from ._environment import Environment, mark
 from ._selection import Status
@@ -92,31 +93,8 @@ class FailoverSession(requests.Session):
         demote_slow: bool = DEFAULT_DEMOTE_SLOW,
         hedge_requests: bool = DEFAULT_HEDGE_REQUESTS,
     ) -> None:
-        adapter = FailoverAdapter(
-            backends,
-            health_paths=health_paths,
-            health_timeout=health_timeout,
-            cache_ttl=cache_ttl,
-            max_retries=max_retries,
-            retry_delay=retry_delay,
-            healthy_threshold=healthy_threshold,
-            hedge_delay=hedge_delay,
-            default_timeout=default_timeout,
-            state_file=state_file,
-            transport=transport,
-            on_switch=on_switch,
-            allow_insecure=allow_insecure,
-            health_check=health_check,
-            health_headers=health_headers,
-            observers=observers,
-            state_store=state_store,
-            pool_connections=pool_connections,
-            pool_maxsize=pool_maxsize,
-            pool_block=pool_block,
-            slow_start=slow_start,
-            demote_slow=demote_slow,
-            hedge_requests=hedge_requests,
-        )
+        given = locals()  # the options, by their names in OPTION_DEFAULTS (listed above for inspect.signature)
+        adapter = FailoverAdapter(backends, **{name: given[name] for name in OPTION_DEFAULTS})
         super().__init__()  # mounts requests' own adapters, replaced below
         #: The adapter that handles every request to a backend.
         self.failover_adapter = adapter

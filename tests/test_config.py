@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, List
 
 import pytest
 
 from requests_failover import FailoverAdapter, FailoverSession
-from requests_failover._config import build_options, parse_backend
+from requests_failover._config import OPTION_DEFAULTS, build_options, parse_backend
 
 OK = ["https://a.example", "https://b.example"]
 
@@ -138,3 +139,46 @@ def test_development_mode_rejects_insecure_urls(monkeypatch):
 def test_empty_development_variable_is_ignored(monkeypatch):
     monkeypatch.setenv("REQUESTS_FAILOVER_BACKENDS", " ")
     assert FailoverAdapter(OK, state_file=False).backends == tuple(OK)
+
+
+@pytest.mark.parametrize("cls", [FailoverAdapter, FailoverSession])
+def test_both_signatures_declare_every_option_with_its_default(cls):
+    """The options are declared once (OPTION_DEFAULTS); the two explicit signatures repeat
+    them for inspect.signature users (requests-cache) and must say exactly the same."""
+    parameters = inspect.signature(cls.__init__).parameters
+    declared = {name: p.default for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert declared == dict(OPTION_DEFAULTS)
+    assert list(declared) == list(OPTION_DEFAULTS)  # the same order, so the docs read alike
+
+
+def test_every_option_reaches_the_adapter_from_the_session():
+    given = {
+        "health_paths": ("/ping",),
+        "health_timeout": 1.5,
+        "cache_ttl": 7.0,
+        "max_retries": 4,
+        "retry_delay": 0.5,
+        "healthy_threshold": 3,
+        "hedge_delay": 0.1,
+        "default_timeout": (1.0, 2.0),
+        "state_file": False,
+        "allow_insecure": True,
+        "health_headers": {"X-Key": "k"},
+        "pool_connections": 3,
+        "pool_maxsize": 4,
+        "pool_block": True,
+        "slow_start": 5.0,
+        "demote_slow": False,
+        "hedge_requests": False,
+    }
+    assert set(given) | {"transport", "on_switch", "health_check", "observers", "state_store"} == set(OPTION_DEFAULTS)
+    with FailoverSession(["http://127.0.0.1:9"], **given) as session:
+        options = session.failover_adapter._options
+        for name, value in given.items():
+            expected = tuple(value.items()) if name == "health_headers" else value
+            assert getattr(options, name) == expected, name
+
+
+def test_an_unknown_option_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match=r"^retries: not an option"):
+        build_options(OK, retries=3, environ={})
