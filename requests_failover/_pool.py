@@ -167,6 +167,47 @@ def _replace(state: State, url: str, health: Health, **changes: object) -> State
     return dataclasses.replace(state, health=table, **changes)  # type: ignore[arg-type]  # changes are State fields
 
 
+#: No down, hold, failure or probe time this library writes lies further ahead than this (seconds).
+HORIZON = max(DOWN_CAP, RETRY_AFTER_CAP)
+#: No time at all lies further ahead than this (a demotion's cool-down, at most).
+FURTHEST = max(HORIZON, DEMOTE_CAP)
+
+
+def clamp(state: State, now: float) -> State:
+    """``state`` with every time further ahead of ``now`` than the library writes brought back.
+
+    As decoding a stored document does (:data:`HORIZON` for down, hold,
+    failure and probe times, ``DEMOTE_CAP`` for a cool-down, now for a
+    recovery): such a time was written before the wall clock stepped back.
+    Without this a step back of an hour would keep a backend down, or held
+    by ``Retry-After``, for an hour. Returns ``state`` itself when nothing is
+    that far ahead (the common case: no allocation).
+    """
+    horizon = now + HORIZON
+    far = [
+        url
+        for url, h in state.health.items()
+        if max(h.down_until, h.hold_until, h.failed_at, h.probed_at) > horizon
+        or h.demoted_until > now + DEMOTE_CAP
+        or h.recovered_at > now
+    ]
+    if not far and state.probing_until <= horizon:
+        return state
+    table: Dict[str, Health] = dict(state.health)
+    for url in far:
+        h = table[url]
+        table[url] = dataclasses.replace(
+            h,
+            down_until=min(h.down_until, horizon),
+            hold_until=min(h.hold_until, horizon),
+            failed_at=min(h.failed_at, horizon),
+            probed_at=min(h.probed_at, horizon),
+            demoted_until=min(h.demoted_until, now + DEMOTE_CAP),
+            recovered_at=min(h.recovered_at, now),
+        )
+    return dataclasses.replace(state, health=table, probing_until=min(state.probing_until, horizon))
+
+
 def plan(state: State, now: float) -> List[str]:
     """The order in which one request tries the backends.
 

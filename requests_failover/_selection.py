@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import os
 import random
+import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, TypedDict, Union
@@ -30,6 +32,17 @@ log = logging.getLogger("requests_failover")
 
 #: Probes race after this many hedge delays (their answer, not just their connect, is awaited).
 PROBE_RACE_FACTOR = 4.0
+#: Shortest time (seconds) between two background probe rounds, whatever ``cache_ttl`` says:
+#: ``cache_ttl=0`` means "re-probe as soon as allowed", never a busy loop of probes.
+PROBE_FLOOR = 1.0
+#: Longest wait (seconds) of a request for its discovery to reach a remote store (Redis):
+#: the remote calls stay on the background thread, so a frozen store costs a request this, once.
+PUBLISH_WAIT = 0.5
+#: Longest wait (seconds) of close() for the probes it interrupted to end.
+CLOSE_WAIT = 1.0
+INF = float("inf")
+#: Updates kept for a remote store that is away, at most (the oldest are dropped first).
+MAX_UNPUBLISHED = 64
 
 #: ``record_slow`` reasons: a read timeout demotes at once; a request abandoned
 #: because a hedge to another backend answered first is one slow sample.
@@ -77,9 +90,7 @@ class Selection:
         self._clock = _runtime.now
         self._backends = tuple(b.url for b in options.targets)
         self._by_url: Dict[str, Backend] = {b.url: b for b in options.targets}
-        self._store: Union[MemoryStore, FileStore, SharedStore] = open_store(options.state_file, self._backends)
-        if options.state_store is not None:
-            self._store = SharedStore(resolve(options.state_store), self._store, self._backends)
+        self._store = self._open_store()
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -94,8 +105,18 @@ class Selection:
         self._endpoints: Dict[str, bool] = {}  # url -> whether its last probe here found a health path
         _runtime.reset_after_fork(self)
 
+    def _open_store(self) -> Union[MemoryStore, FileStore, SharedStore]:
+        local = open_store(self._options.state_file, self._backends)
+        if self._options.state_store is not None:
+            return SharedStore(resolve(self._options.state_store), local, self._backends)
+        return local
+
     def _fresh_process(self) -> None:
         self._pending: List[Update] = []  # write-behind: applied in memory, not yet in the store
+        self._unpublished: List[Update] = []  # written while the remote store was away, for it
+        self._taken = 0  # flushes that took pending updates (a generation count)
+        self._written = 0  # the last of them that ended
+        self._flushed = threading.Condition(threading.Lock())  # notified when a flush ends
         self._threads: Set[threading.Thread] = set()  # probe threads in flight, all started
         self._threads_lock = threading.Lock()
         self._probing: Set[str] = set()  # backends probed in the background right now
@@ -140,8 +161,8 @@ class Selection:
         """
         state, now = self._state, self._clock()
         cached = self._plan_cache
-        if cached is None or cached.state is not state or now >= cached.until:
-            cached = self._plan_for(state, now)
+        if cached is None or cached.state is not state or now >= cached.until or _stepped_back(cached.until, now):
+            cached = self._plan_for(self._clamped(state, now), now)
         if cached.other is not None:
             share = _pool.slow_start_share(cached.ramping, now, cached.window)
             if share is not None and self._speed.dice().random() >= share:
@@ -167,20 +188,33 @@ class Selection:
             if second.available(now) and not (options.demote_slow and second.demoted()):
                 other = [order[1], order[0], *order[2:]]
                 ahead.append(first.recovered_at + window)
-        plan = _Plan(state, min(ahead, default=float("inf")), order, other, first, window)
+        plan = _Plan(state, min(ahead, default=INF), order, other, first, window)
         if due is None:
             self._plan_cache = plan
         return plan
 
+    def _clamped(self, state: State, now: float) -> State:
+        """``state``, its times clamped to the horizon if the clock stepped back (see :func:`_pool.clamp`)."""
+        if _pool.clamp(state, now) is state:
+            return state
+        self._update(lambda s: _pool.clamp(s, self._clock()), "the clock stepped back")
+        return self._state
+
     # -- freshness: the request path never waits for a probe once anything is known ----
-    def ensure_fresh(self, send_kwargs: Mapping[str, Any]) -> None:
+    def ensure_fresh(self, send_kwargs: Mapping[str, Any], timeout: Any = None) -> None:
         """Make sure the selection is being kept fresh; probe here only when nothing is known.
 
         A stale selection keeps serving while the background thread re-probes
         it (stale-while-revalidate). Only the very first request of a backend
-        set with no state anywhere waits, and only until the priority order is
-        decided.
+        set with no state anywhere waits, until the priority order is decided
+        but never longer than its own ``timeout`` allows (see
+        :func:`_first_wait`): the probes go on in the background, and the
+        request goes to the first backend meanwhile. Its attempts keep
+        ``timeout`` as given; their deadline (connect + read, counted from
+        before this wait) already includes the time waited here.
         """
+        if self._closed:
+            self._reopen()
         if self._registered != WORKER.generation:
             self._probe_kwargs = dict(send_kwargs)
             self._registered = WORKER.generation
@@ -191,11 +225,26 @@ class Selection:
         self._probe_kwargs = dict(send_kwargs)
         if not self._probe_lock.acquire(blocking=False):
             return  # another thread of this process is probing: go ahead with the first backend
-        try:
-            if self._claim():
+        decided = threading.Event()
+
+        def first_round() -> None:
+            try:
                 self._probe_round(dict(send_kwargs), "health check")
-        finally:
+            finally:
+                self._probe_lock.release()
+                decided.set()
+
+        try:
+            claimed = self._claim()
+            if claimed:
+                self._spawn(first_round)
+        except BaseException:
             self._probe_lock.release()
+            raise
+        if not claimed:
+            self._probe_lock.release()
+            return
+        decided.wait(_first_wait(timeout, self._options.default_timeout))
 
     def _budget(self) -> float:
         """Seconds a probe round may take at most."""
@@ -237,6 +286,8 @@ class Selection:
         An explicit refresh takes the first healthy backend at once: no
         ``healthy_threshold`` confirmation is waited for.
         """
+        if self._closed:
+            self._reopen()
         with self._probe_lock:
             self._probe_round(send_kwargs, "forced refresh", threshold=1)
         self._flush()
@@ -285,14 +336,22 @@ class Selection:
         if self._closed:
             return None
         self._flush()
-        state = self.sync()
         now = self._clock()
-        ttl = self._options.cache_ttl
         due = float("inf")
+        if self._unpublished:
+            if self._store_unreachable() is False:
+                self._replay()
+            else:  # look again soon: the feed notices the store answering before we do
+                due = now + _runtime.interval(1.0)
+        state = self._clamped(self.sync(), now)
+        ttl = self._options.cache_ttl
         if state.checked_at is None and not state.health:
             return None  # nothing known: the first request probes
-        if state.is_fresh(now, ttl):
-            due = state.checked_at + ttl if state.checked_at is not None else due
+        # A round is due once the selection is stale, and never sooner than PROBE_FLOOR after the
+        # last one: cache_ttl=0 re-probes once a second, not in a loop.
+        interval = max(ttl, PROBE_FLOOR)
+        if state.is_fresh(now, interval):
+            due = min(due, state.checked_at + interval) if state.checked_at is not None else due
         elif self._claimed(state, now):
             due = state.probing_until  # another process probes; look again when its claim ends
         elif not self._round:
@@ -369,11 +428,20 @@ class Selection:
 
     # -- recording outcomes ------------------------------------------------------
     def record_failure(self, backend: Backend, error: str, retry_after: Optional[float] = None) -> None:
+        """``backend`` failed a request: marked down, in memory and in the shared store before returning.
+
+        Read-your-writes: a request that discovered an outage returns only once
+        the discovery is published, so any process or session that asks
+        afterwards follows it instead of meeting the outage itself.
+        """
         log.warning("backend %s marked down: %s", backend.url, error)
         self._update(
             lambda s: _pool.mark_failed(s, backend.url, error, self._clock(), retry_after),
             error,
+            wake=False,  # the write is ours: the background thread would only contend for it
         )
+        self._publish()
+        WORKER.wake()  # failback probes to schedule
 
     def record_success(self, backend: Backend, latency: Optional[float] = None) -> None:
         """``backend`` answered, ``latency`` seconds after the request was sent (None: not measured).
@@ -477,26 +545,30 @@ class Selection:
             emit(self._options.observers, event)
 
     def clear(self) -> None:
+        if self._closed:
+            self._reopen()
         self._update_now(lambda s: State(s.backends), "cache cleared")
 
     # -- plumbing -------------------------------------------------------------------
-    def _update(self, fn: Update, reason: str) -> None:
+    def _update(self, fn: Update, reason: str, wake: bool = True) -> None:
         """Apply ``fn`` in memory now; the store follows on the background thread (write-behind).
 
-        No file lock, write or fsync on the caller's path: the worker flushes
-        within milliseconds, and other processes see the change then.
+        No file lock or write on the caller's path: the worker flushes within
+        milliseconds, and other processes see the change then. A failure is
+        published at once on top of this (:meth:`_publish`).
         """
         with self._lock:
             previous = self._state
             self._state = current = fn(previous)
             if current is previous:
                 return
-            if self._store.persistent:
+            if self._store.persistent and not self._closed:
                 self._pending.append(fn)
-            else:
-                self._persisted = current  # memory is the store
+            else:  # memory is the store (or, once closed, all there is: nothing piles up unwritten)
+                self._persisted = current
         self._announce(previous, current, reason)
-        WORKER.wake()  # a write to flush, or a schedule (failback probes) to recompute
+        if wake:
+            WORKER.wake()  # a write to flush, or a schedule (failback probes) to recompute
 
     def _update_now(self, fn: Update, reason: str) -> None:
         """Apply ``fn`` to the store's freshest state and publish it before returning."""
@@ -512,12 +584,70 @@ class Selection:
         with self._flush_lock:
             with self._lock:
                 updates, self._pending = self._pending, []
+                if updates:
+                    self._taken += 1
+                    taken = self._taken
+            if not updates:
+                return
+            try:
+                previous, current = self._stored(
+                    self._store.update(lambda s: _apply(updates, s), self._persisted, self._clock())
+                )
+                if self._store_unreachable():  # kept on this machine only: replayed once the store answers
+                    self._unpublished = (self._unpublished + updates)[-MAX_UNPUBLISHED:]
+            finally:
+                with self._flushed:
+                    self._written = taken
+                    self._flushed.notify_all()
+        self._announce(previous, current, "changed by another process")
+
+    def _store_unreachable(self) -> Optional[bool]:
+        """Whether the remote store is known unreachable (None: not known, or no remote store)."""
+        status = self._store.status()
+        return None if status is None or status["reachable"] is None else not status["reachable"]
+
+    def _replay(self) -> None:
+        """Publish what this machine learned while the remote store was away, now that it answers.
+
+        Without this the store's older document, read back when it answers
+        again, would win over the outage this machine discovered meanwhile
+        (and nothing else might write it: the switch is done here). The
+        updates are applied to the store's current document, as any update.
+        """
+        with self._flush_lock:
+            updates, self._unpublished = self._unpublished, []
             if not updates:
                 return
             previous, current = self._stored(
                 self._store.update(lambda s: _apply(updates, s), self._persisted, self._clock())
             )
         self._announce(previous, current, "changed by another process")
+
+    def _publish(self) -> None:
+        """Return once the updates pending now are in the store (read-your-writes).
+
+        The state file is written here, on the caller's thread (a temp file
+        and a rename, no fsync: well under a millisecond). A remote store's
+        calls stay on the background thread, as everywhere on a request's path:
+        the caller waits for that flush at most ``PUBLISH_WAIT``, so a store that
+        hangs costs a request that, once (its breaker then skips it).
+        """
+        with self._lock:
+            # the next flush takes them, or the flush under way took them already
+            target = self._taken + 1 if self._pending else self._taken
+        if self._store.lease_based:
+            WORKER.wake()  # its thread writes
+            deadline = time.monotonic() + PUBLISH_WAIT
+            with self._flushed:
+                while self._written < target and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._flushed.wait(left)
+            return
+        self._flush()
+        with self._flush_lock:  # a flush another thread had under way (with our update) ends first
+            pass
 
     def _stored(self, result: State) -> Tuple[State, State]:
         """Keep what the store now holds, with our updates not yet written on top; (before, after)."""
@@ -527,23 +657,48 @@ class Selection:
             return previous, self._state
 
     def close(self) -> None:
-        """Stop background work; write what is pending; wait for probes in flight (no socket left)."""
+        """Stop background work; write what is pending; end the probes in flight (no socket left).
+
+        A probe blocked on a black-holed or hanging backend is not waited for:
+        its socket is shut down, which ends the probe at once. The selection
+        stays usable: the next request reopens it (as a closed
+        ``requests.Session`` stays usable).
+        """
         self._closed = True
         WORKER.remove(self)
+        self._registered = -1  # a request after close() registers again
         self._flush()
         with self._flush_lock:  # a flush the worker thread has under way ends first
             pass
-        self._stop(time.monotonic() + self._budget())
+        with self._flushed:
+            self._flushed.notify_all()  # a request waiting for a publish stops waiting
+        self._stop(time.monotonic() + CLOSE_WAIT)
         self._store.close()
 
+    def _reopen(self) -> None:
+        """A request after :meth:`close`: open the store again; background work resumes."""
+        with self._flush_lock:
+            if not self._closed:
+                return
+            self._store = self._open_store()
+            self._closed = False
+
     def _stop(self, deadline: float) -> None:
-        """No new background work; wait until ``deadline`` (monotonic) for the probes in flight."""
+        """No new background work; end the probes in flight, waiting for them until ``deadline`` (monotonic).
+
+        Each probe thread's sockets are shut down (again every few
+        milliseconds, for a probe that was about to open one): the probe then
+        fails at once and urllib3 closes them.
+        """
         self._closed = True
-        with self._threads_lock:
-            threads = list(self._threads)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        while True:
+            with self._threads_lock:
+                threads = [t for t in self._threads if t is not threading.current_thread()]
+            if not threads or time.monotonic() >= deadline:
+                return
+            _interrupt(threads)
+            for thread in threads:
+                thread.join(max(0.0, min(0.01, deadline - time.monotonic())))
 
     def idle(self) -> bool:
         """No probe in flight and nothing waiting to be written (for tests)."""
@@ -681,3 +836,73 @@ class _Plan(NamedTuple):
     other: Optional[List[Backend]]  # slow start: the order when the ramping first backend is not chosen
     ramping: _pool.Health  # the first backend's record (its recovered_at)
     window: float  # seconds of this process's slow start
+
+
+def _stepped_back(until: float, now: float) -> bool:
+    """Whether ``until`` lies further ahead than any time the library writes: the clock stepped back."""
+    return now + _pool.FURTHEST < until < INF
+
+
+def _interrupt(threads: Iterable[threading.Thread]) -> None:
+    """Shut down the sockets that ``threads`` (probe threads) are using.
+
+    A thread blocked in ``connect()``, a TLS handshake or ``recv()`` cannot be
+    stopped from outside, but shutting its socket down ends the call at once
+    with an error (a connect in progress too). The sockets are created deep in
+    urllib3, out of our reach, so they are found in the threads' own frames:
+    a local that is a socket (``create_connection``'s while it connects), or
+    an object's ``sock``/``_sock`` (the connection, the socket file).
+    """
+    frames = sys._current_frames()
+    found: Dict[int, socket.socket] = {}
+    for thread in threads:
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        while frame is not None:
+            module = str(frame.f_globals.get("__name__", ""))
+            if module not in _HTTP_MODULES and not module.startswith(("urllib3.", "requests.")):
+                frame = frame.f_back  # e.g. a write to a Redis store: its connection is not the probe's
+                continue
+            for value in list(frame.f_locals.values()):
+                attributes = getattr(value, "__dict__", None)
+                for candidate in (
+                    value,
+                    *((attributes.get("sock"), attributes.get("_sock")) if isinstance(attributes, dict) else ()),
+                ):
+                    if isinstance(candidate, socket.socket):
+                        found[id(candidate)] = candidate
+            frame = frame.f_back
+    del frames
+    for sock in found.values():
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed or never connected: nothing to end
+            pass
+
+
+#: The modules a probe's HTTP exchange runs in (their frames hold the probe's sockets).
+_HTTP_MODULES = frozenset({"socket", "ssl", "http.client"})  # and urllib3.*, requests.*
+
+
+def _parts(timeout: Any) -> Optional[Tuple[Optional[float], Optional[float]]]:
+    """(connect, read) of a requests timeout; None for what is not a number or a pair (a urllib3 Timeout)."""
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        connect, read = timeout
+    else:
+        connect = read = timeout
+    for part in (connect, read):
+        if part is not None and (isinstance(part, bool) or not isinstance(part, (int, float))):
+            return None
+    return connect, read
+
+
+def _first_wait(timeout: Any, default: Tuple[Optional[float], Optional[float]]) -> Optional[float]:
+    """How long the first request of a backend set waits for the first probe round.
+
+    Its connect timeout (a plain request would have spent that much
+    connecting), and at most half its read timeout (the other half is the
+    attempt's); None: the caller set no limit.
+    """
+    parts = _parts(timeout) if timeout is not None else None
+    connect, read = parts if parts is not None else default
+    bounds = [x for x in (connect, None if read is None else read / 2) if x is not None]
+    return min(bounds) if bounds else None

@@ -1,7 +1,7 @@
 """Persistence of the selection: memory, or one JSON file shared by processes.
 
-The file (format below) is published with ``os.replace`` of a fsync'ed temp
-file in the same directory, so a reader sees the old file or the new one,
+The file (format below) is published with ``os.replace`` of a temp file in the
+same directory (no fsync: see ``FileStore._write``), so a reader sees the old file or the new one,
 never half of one, and never needs the lock to read. Writers serialise on
 ``<file>.lock`` (a :class:`filelock.FileLock`, flock on POSIX) held only for
 read-modify-write, never during a probe. flock does not exclude across NFS
@@ -51,6 +51,7 @@ import socket
 import stat as stat_module
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -65,6 +66,8 @@ FORMAT_VERSION = 1
 #: Seconds a writer waits for the lock before keeping that one update in memory.
 LOCK_TIMEOUT = 2.0
 MAX_FILE_BYTES = 1 << 20
+#: Seconds between two sweeps of temp files left by writers that died (by one process).
+SWEEP_EVERY = 60.0
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -494,19 +497,29 @@ class FileStore(_Local):
                 raise _Unsafe(f"{path} belongs to another user")
 
     def _write(self, state: State) -> None:
-        """Publish ``state``: temp file (O_EXCL, never through a symlink), fsync, replace."""
+        """Publish ``state``: temp file (O_EXCL, never through a symlink), replace.
+
+        No fsync: the file is a cache that every process can rebuild by
+        probing, and a request that discovered an outage writes it before it
+        returns (an fsync would cost that request milliseconds). The rename is
+        atomic for every running process; after a power loss or a kernel crash
+        the file may be an older selection, or empty (then ignored and
+        rewritten), never a mix of two.
+        """
         assert self._path is not None
         directory, name = os.path.split(self._path)
         with _EXIT.writing:
             if _EXIT.exiting:
                 return
-            self._sweep(directory, name)
+            now = time.monotonic()
+            if now >= getattr(self, "_next_sweep", 0.0):  # a directory listing: not on every write
+                self._sweep(directory, name)
+                self._next_sweep = now + SWEEP_EVERY
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(encode(state))
                     handle.flush()
-                    os.fsync(handle.fileno())
                     stat = os.fstat(handle.fileno())
                 os.replace(tmp, self._path)
             except BaseException:

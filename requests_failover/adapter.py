@@ -471,13 +471,14 @@ class FailoverAdapter(HTTPAdapter):
         route = _Route(request, matched[0], matched[1], proxies)
         if timeout is None:
             timeout = self._options.default_timeout
-        self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies})
+        started = time.monotonic()  # before the first probe round: a wait there counts against the deadline
+        self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies}, timeout)
         attempts = Attempts(
             self._selection.plan(),
             request.method,
             request.headers,
             timeout=timeout,
-            started=time.monotonic(),
+            started=started,
             max_retries=self._options.max_retries,
             retry_delay=self._options.retry_delay,
             budget=self._budget,

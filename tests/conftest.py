@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
@@ -183,3 +185,40 @@ def workers() -> Iterator[List[Worker]]:
     yield started
     for worker in started:
         worker.close()
+
+
+class _Blocker:
+    """A client of the background thread whose round blocks until released."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def _tick(self) -> None:
+        self.inside.set()
+        self.release.wait(WAIT)
+
+    def _flush(self) -> None:
+        pass
+
+    def _stop(self, deadline: float) -> None:
+        self.release.set()
+
+
+@contextlib.contextmanager
+def background_paused() -> Iterator[None]:
+    """Hold the library's background thread (of this process) inside one round.
+
+    Nothing is written behind while it is held: what a test then finds in the
+    shared store was written on a request's own thread.
+    """
+    from requests_failover._background import WORKER
+
+    blocker = _Blocker()
+    WORKER.add(blocker)
+    try:
+        assert blocker.inside.wait(WAIT), "the background thread never ran"
+        yield
+    finally:
+        blocker.release.set()
+        WORKER.remove(blocker)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, List
 
 import pytest
@@ -103,7 +104,9 @@ def test_failback_is_fast_in_testing_mode_with_the_real_clock(primary, secondary
         wait_until(lambda: session.active_backend == primary.url, "failback (intervals are 1/100 in testing mode)")
 
 
-def test_a_recorded_failure_writes_nothing_on_the_requests_thread(primary, secondary, tmp_path, monkeypatch):
+def test_a_failure_is_written_before_the_request_returns_and_bookkeeping_behind(
+    primary, secondary, tmp_path, monkeypatch
+):
     writers: List[str] = []
     real_write = _state.FileStore._write
 
@@ -112,17 +115,22 @@ def test_a_recorded_failure_writes_nothing_on_the_requests_thread(primary, secon
         real_write(self, state)
 
     monkeypatch.setattr(_state.FileStore, "_write", write)
-    with FailoverSession([primary.url, secondary.url], state_file=tmp_path / "s.json") as session:
+    path = tmp_path / "s.json"
+    with FailoverSession([primary.url, secondary.url], state_file=path) as session:
         session.get(primary.url + "/warm")
         settle(session)
         writers.clear()
         primary.set("refuse")
         me = threading.current_thread().name
         assert served_by(session.get(primary.url + "/x")) == "secondary"
-        assert me not in writers, "the failover wrote the file on the request's thread"
+        assert writers == [me], "the discovery was written on the request's thread, once"
+        assert '"active": "' + secondary.url + '"' in path.read_text(), "in the file before the request returned"
         settle(session)
-        assert writers and me not in writers, "the background thread wrote it"
-    assert '"active": "' + secondary.url + '"' in (tmp_path / "s.json").read_text()
+        writers.clear()
+        for i in range(5):
+            assert served_by(session.get(primary.url + f"/more/{i}")) == "secondary"
+        settle(session)
+        assert me not in writers, "successes never write on the request's thread"
 
 
 CLOSE_SCRIPT = """
@@ -196,3 +204,103 @@ def test_fork_while_the_background_thread_runs(primary, secondary, tmp_path):
     assert before == [], "the child inherited no running background thread"
     assert len(after) == 1, "the child started its own"
     assert answer == "secondary" and active == secondary.url
+
+
+SOCKETS_SCRIPT = """
+import os, sys, time
+from requests_failover import FailoverSession
+from requests_failover.testing import LoopbackBackend
+
+
+def client_sockets(ports):
+    # sockets of this process connected (or connecting) to one of ``ports``
+    inodes = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) in ports:
+                    found += 1
+    return found
+
+
+for run in range(3):
+    for first, second in ((("blackhole",), {}), ((), {"delay": 20.0})):
+        with LoopbackBackend("p") as p, LoopbackBackend("s") as s:
+            p.set(*first)
+            s.set(**second)
+            ports = {p.port, s.port}
+            before = client_sockets(ports)  # the black hole's own filler connection, if any
+            session = FailoverSession([p.url, s.url], state_file=False, health_timeout=30)
+            session.get(p.url + "/first", timeout=(30, 30))
+            deadline = time.monotonic() + 60
+            while len(s.probes) == 0 or client_sockets(ports) == before:
+                assert time.monotonic() < deadline, "no probe in flight"
+                time.sleep(0.002)
+            assert session.status()["health_checking"] or session.failover_adapter._selection._threads
+            started = time.monotonic()
+            session.close()
+            took = time.monotonic() - started
+            left = client_sockets(ports) - before
+            print(run, first or second, round(took, 3), left)
+            assert left == 0, f"{left} socket(s) outlived close()"
+            assert took < 5.0, f"close() took {took:.1f} s"
+print("closed")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/net/tcp"), reason="counts sockets through /proc")
+def test_close_ends_the_probes_in_flight_promptly_and_no_socket_outlives_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REQUESTS_FAILOVER")}
+    result = subprocess.run(
+        [sys.executable, "-c", SOCKETS_SCRIPT], capture_output=True, text=True, timeout=5 * BOUND, env=env
+    )
+    assert result.returncode == 0 and "closed" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_session_fixture_tears_down_a_black_holed_backend_at_once(failover_session, failover_primary):
+    failover_primary.set("blackhole")
+    session = failover_session(health_timeout=20)
+    assert served_by(session.get(failover_primary.url + "/first")) == "secondary"
+    assert session.failover_adapter._selection._threads, "the primary's probe is still in flight"
+    started = time.monotonic()
+    session.close()  # what the fixture's teardown does
+    took = time.monotonic() - started
+    assert took < 5.0, f"close() waited {took:.1f} s for a probe of a black hole"
+    assert not session.failover_adapter._selection._threads
+
+
+def test_cache_ttl_zero_probes_once_a_second_at_most(primary, secondary):
+    floor = 1.0  # seconds: the documented floor of the background probe interval
+    started = time.monotonic()
+    with FailoverSession([primary.url, secondary.url], state_file=False, cache_ttl=0) as session:
+        session.get(primary.url + "/one")  # then idle: only the background thread probes
+        wait_until(lambda: len(primary.probes) >= 3, "background rounds go on")
+        rounds = len(primary.probes)
+        elapsed = time.monotonic() - started
+    assert rounds <= elapsed / floor + 2, f"{rounds} probe rounds in {elapsed:.2f} s"
+
+
+def test_a_clock_stepping_back_pins_no_backend_longer_than_the_clamp(make_session: Make, primary, secondary, clock):
+    session = make_session([primary.url, secondary.url], state_file=False)
+    assert served_by(session.get(primary.url + "/warm")) == "primary"
+    primary.set(status=503, retry_after=60)
+    assert served_by(session.get(primary.url + "/busy")) == "secondary"
+    primary.set(status=200, headers={})
+    clock.advance(-3600)  # the wall clock steps back an hour (NTP, a VM resumed)
+    settle(session)
+    seconds = 0
+    while session.active_backend != primary.url:
+        clock.advance(1)
+        seconds += 1
+        settle(session)
+        assert seconds <= 200, "the primary is still pinned down after 200 s"
+    assert seconds <= 60 + 5, f"failback after {seconds} s: the clamp is the Retry-After cap, 60 s"
