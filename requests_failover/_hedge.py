@@ -48,10 +48,12 @@ Waiting for an answer with a time limit needs the request on another
 thread, which costs CPU and latency on every request. So hedging is *armed*
 for a backend only while it needs it: for ``ARMED_FOR`` answers after a
 clearly slow one (later than twice the delay, once ``MIN_SAMPLES`` answers
-make a history), a read timeout or a lost hedge. A backend that answers
-fast, or that has no history yet (a cold start's first connections, a TLS
-handshake far away), is sent to on the caller's thread, as with no hedging
-at all. The percentile is of answers only: a timeout or an abandoned
+make a history), a read timeout or a lost hedge, and while a backend has
+no history yet (a process's first answers from it), with the longer
+``COLD_DELAY``: a cold start that meets a hung or slow API waits half a
+second, not a read timeout, while a cold start's new connections and TLS
+handshakes are far under it. A backend that answers fast is sent to on the
+caller's thread, as with no hedging at all. The percentile is of answers only: a timeout or an abandoned
 attempt arms hedging but does not stretch its delay. An armed attempt runs on a small pool of reusable worker
 threads (:class:`Workers`) while the caller waits. The extra load is bounded
 by the retry budget (:class:`._retry.RetryBudget`: about 5 % of requests).
@@ -78,6 +80,8 @@ ANSWER_FLOOR = 0.05
 ANSWER_PERCENTILE = 0.95
 #: Answers a backend gives before its latency history counts (hedging is armed until then).
 MIN_SAMPLES = 8
+#: Seconds a backend with no history yet (fewer than ``MIN_SAMPLES`` answers) is waited for before a hedge.
+COLD_DELAY = 0.5
 #: Answers during which hedging stays armed after a slow one.
 ARMED_FOR = 64
 _ANSWERS = 64
@@ -262,12 +266,12 @@ class Latencies:
     def armed(self, backend: str) -> bool:
         """Whether an answer from ``backend`` should be waited for with a hedge ready."""
         answers = self._answers.get(backend)
-        return answers is not None and answers.armed > 0
+        return answers is None or answers.count < MIN_SAMPLES or answers.armed > 0
 
     def delay(self, backend: str) -> float:
-        """Seconds to wait for ``backend``'s answer before hedging it."""
+        """Seconds to wait for ``backend``'s answer before hedging it (``COLD_DELAY`` with no history)."""
         answers = self._answers.get(backend)
-        return ANSWER_FLOOR if answers is None else answers.delay
+        return COLD_DELAY if answers is None or answers.count < MIN_SAMPLES else answers.delay
 
     def add(self, backend: str, seconds: float) -> None:
         """``backend`` answered in ``seconds``."""

@@ -30,6 +30,18 @@ LONGEST_WINDOW = 20.0 * 1.2
 
 
 @pytest.fixture
+def make_session(make_session: Make) -> Make:
+    """Demotion on its own: answer hedging off (it would answer a slow primary's requests from the
+    secondary before the slow answer is seen); demotion through lost hedges: test_hedge_answers.py."""
+
+    def make(backends: List[str], **options: Any) -> FailoverSession:
+        options.setdefault("hedge_requests", False)
+        return make_session(backends, **options)
+
+    return make
+
+
+@pytest.fixture
 def gray(primary: LoopbackBackend) -> LoopbackBackend:
     """The primary, made slow with ``set(api_delay=...)``: its health paths keep answering at once."""
     return primary
@@ -197,7 +209,7 @@ def test_slow_start_zero_takes_the_primary_back_at_once(make_session: Make, prim
 def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers: List[Worker]):
     state_file = str(tmp_path / "state.json")
     backends = [gray.url, secondary.url]
-    child = Worker(backends, "child", state_file=state_file)
+    child = Worker(backends, "child", state_file=state_file, hedge_requests=False)
     workers.append(child)
     assert child.get("/warm")[:3] == ("ok", 200, "primary")
     gray.set(api_delay=SLOW)
@@ -209,7 +221,7 @@ def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers
     # this process, its clock at the instant of the child's demotion, reads it from the file
     clock = Clock(start=demoted_until - pool.DEMOTE_BASE)
     with set_testing(True, clock=clock):
-        session = FailoverSession(backends, state_file=state_file)
+        session = FailoverSession(backends, state_file=state_file, hedge_requests=False)
         try:
             wait_until(lambda: backend_status(session, gray.url)["demoted_until"] == demoted_until, "shared")
             api_hits = len(gray.requests)

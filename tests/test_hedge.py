@@ -174,14 +174,16 @@ def test_after_a_lost_race_the_primary_is_suspect_until_its_connect_settles(prim
         assert primary.requests == [primary.requests[0]] and primary.requests[0].path == "/warm"
 
 
-def test_answer_hedging_is_armed_only_by_a_clearly_slow_answer_after_a_history():
+def test_answer_hedging_is_armed_cold_then_only_by_a_clearly_slow_answer_after_a_history():
     latencies = _hedge.Latencies()
-    assert (latencies.armed("a"), latencies.delay("a")) == (False, _hedge.ANSWER_FLOOR)
-    latencies.add("a", 0.5)  # no history yet (a cold start's connect, a handshake): arms nothing
-    assert not latencies.armed("a")
+    assert (latencies.armed("a"), latencies.delay("a")) == (True, _hedge.COLD_DELAY)  # no history yet
+    for count in range(1, _hedge.MIN_SAMPLES):
+        latencies.add("a", 0.4)  # a cold start's connects and handshakes: under COLD_DELAY, still cold
+        assert (count, latencies.armed("a"), latencies.delay("a")) == (count, True, _hedge.COLD_DELAY)
     latencies = _hedge.Latencies()
     for _ in range(_hedge.MIN_SAMPLES):
         latencies.add("a", 0.002)
+    assert (latencies.armed("a"), latencies.delay("a")) == (False, _hedge.ANSWER_FLOOR), "a history: disarmed"
     latencies.add("a", 0.09)  # later than the 50 ms floor, not twice it
     assert not latencies.armed("a")
     latencies.add("a", 0.2)
@@ -191,7 +193,7 @@ def test_answer_hedging_is_armed_only_by_a_clearly_slow_answer_after_a_history()
     assert not latencies.armed("a"), "disarmed after ARMED_FOR fast answers"
     latencies.slow("a", 30.0)  # a read timeout: armed at once, the delay is about answers only
     assert latencies.armed("a") and latencies.delay("a") == _hedge.ANSWER_FLOOR
-    assert not latencies.armed("b")
+    assert latencies.armed("b") and latencies.delay("b") == _hedge.COLD_DELAY, "another backend: still cold"
 
 
 def test_the_answer_delay_is_the_p95_of_recent_answers_with_a_floor_and_a_cap():

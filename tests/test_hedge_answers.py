@@ -1,7 +1,7 @@
 """Hedging slow answers (requests_failover._hedge, the second half), on real loopback servers.
 
-Hedging is armed for a backend once it has a latency history and gave a
-clearly slow answer; :func:`armed` does that (MIN_SAMPLES fast answers, one
+Hedging is armed for a backend with no history yet (after COLD_DELAY), and,
+once it has a history, after a clearly slow answer; :func:`armed` does that (MIN_SAMPLES fast answers, one
 slow one). Each test then sets a backend's answers slow with ``set(delay=...)``
 and states who answered and what each server received; times are bounded only
 loosely (far under the slow answer): speed targets live in the benchmark.
@@ -34,20 +34,36 @@ def armed(primary, secondary, **options: Any) -> FailoverSession:
     for _ in range(MIN_SAMPLES):
         assert served_by(session.get(primary.url + "/warm")) == "primary"
     primary.set(delay=1.0)  # more than twice the p95 of the fast answers, even on a loaded machine
-    session.get(primary.url + "/warm")  # (not hedged: test_a_slow_answer_with_no_history_is_not_hedged)
+    session.get(primary.url + "/warm")  # (not hedged: a history, not yet armed; this answer arms it)
     primary.set(delay=0)
     primary.reset_hits()
     secondary.reset_hits()
     return session
 
 
-def test_a_slow_answer_with_no_history_is_not_hedged(primary, secondary):
-    # A cold start's first answers (new connections, a far-away TLS handshake) arm nothing.
+def test_a_cold_backend_is_hedged_only_after_the_cold_delay(primary, secondary):
+    # Fast answers from a backend with no history go unhedged; a slow one is hedged after COLD_DELAY.
     with FailoverSession([primary.url, secondary.url], state_file=False) as session:
-        primary.set(delay=0.3)
-        for _ in range(3):
-            assert served_by(session.get(primary.url + "/x", timeout=(5, 30))) == "primary"
-        assert secondary.requests == []
+        for i in range(3):
+            assert served_by(session.get(primary.url + f"/x/{i}", timeout=(5, 30))) == "primary"
+        assert secondary.requests == [], "answers far under COLD_DELAY are never hedged"
+        primary.set(delay=SLOW)
+        started = time.monotonic()
+        assert served_by(session.get(primary.url + "/slow", timeout=(5, 30))) == "secondary"
+        assert time.monotonic() - started < SLOW, "answered before the primary did"
+        assert [h.path for h in secondary.requests] == ["/slow"]
+
+
+def test_a_hung_api_at_a_cold_start_costs_no_read_timeout_and_is_demoted(primary, secondary):
+    # Always: no request waits for the hung primary's read timeout; it is demoted, then left alone.
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        primary.set(api_delay=60.0)  # a hung API behind passing health checks
+        for i in range(6):
+            started = time.monotonic()
+            assert served_by(session.get(primary.url + f"/x/{i}", timeout=(5, 30))) == "secondary"
+            assert time.monotonic() - started < 30, "far under the read timeout"
+        assert session.status()["backends"][0]["demoted_until"] is not None
+        assert len(primary.requests) < 6, "once demoted, the hung primary gets no more requests"
 
 
 def test_a_slow_answer_is_hedged_and_the_first_answer_wins(primary, secondary):
