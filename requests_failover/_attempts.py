@@ -17,7 +17,7 @@ questions of the attempt loop:
 It is pure: no sockets, no clock of its own (the caller passes ``now``,
 monotonic seconds), no selection. The one shared object it touches is the
 adapter's :class:`._retry.RetryBudget`, which it reads before a repeat or a
-hedge and charges after each outcome. The adapter sends; this decides.
+hedge and charges after each outcome. :class:`._sending.Dispatcher` sends; this decides.
 
 The rules, in the order :meth:`next` applies them:
 
@@ -70,7 +70,7 @@ class Attempt(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What one attempt came to, classified; the adapter records it in the selection."""
+    """What one attempt came to, classified; the dispatcher (:mod:`._sending`) records it in the selection."""
 
     attempt: Attempt
     verdict: Verdict

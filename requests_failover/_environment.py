@@ -209,7 +209,7 @@ def readdress(
     """Make ``outgoing`` (``request`` rewritten to the backend ``target``) carry what is ``target``'s own.
 
     Returns the credential to apply to ``outgoing`` (``auth``, the one
-    ``_rewrite`` chose, unless ``.netrc`` decides). As requests would for a
+    :func:`._sending.rewrite` chose, unless ``.netrc`` decides). As requests would for a
     request addressed to ``target`` directly:
 
     - a ``.netrc`` credential of the host asked for is never sent to another

@@ -369,7 +369,7 @@ Landed = Tuple[Any, Any, Optional[BaseException], float]
 class Flight:
     """The attempts of one hedged exchange, in flight on worker threads; the first to land is waited for.
 
-    An attempt is any hashable token (the adapter's ``Any``); an answer
+    An attempt is any hashable token (the dispatcher's ``Attempt``); an answer
     anything with ``close()`` (a ``requests.Response``). Results land in a
     queue (a worker's thread puts, the caller's takes). Once the caller
     decides, an attempt still in flight is given up: its answer, if it comes,

@@ -2,20 +2,15 @@
 
 ``send`` is a short chain: match the URL to a backend (requests for other
 hosts pass straight to the transport, untouched), keep the selection fresh,
-then let :class:`._attempts.Attempts` (one request's attempt state, pure)
-say which attempt comes next while :meth:`FailoverAdapter._perform` sends
-each one:
+then hand the request to the adapter's :class:`._sending.Dispatcher`, which
+sends its attempts in the order :class:`._attempts.Attempts` says, racing
+slow connects and hedging late answers, and records every outcome.
 
-- a slow new connect is raced against the next backend's, and a backend that
-  lost a race is suspect until its connect settles (:mod:`._hedge`);
-- an attempt to a backend whose answers were clearly slow lately runs on a
-  worker thread so that a late answer can be hedged to the next backend
-  (:mod:`._hedge`); otherwise it runs on the caller's thread, as a plain
-  ``HTTPAdapter`` would;
-- every URL sent comes from the one rewrite (:func:`_rewrite`, through
-  ``_Route.to``), and every outcome is classified once
-  (:meth:`._attempts.Attempts.record`) and recorded in the selection in one
-  place (:meth:`FailoverAdapter._account`).
+The adapter keeps what requests users see: the public API, the documented
+``HTTPAdapter`` hooks (its own pools send, through ``HTTPAdapter.send``),
+pickling and fork handling; and lends the dispatcher how a request is really
+sent (:class:`._sending.Link`): the user's mounted adapter for a URL, else
+its own pools.
 """
 
 from __future__ import annotations
@@ -26,13 +21,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
-from requests.auth import HTTPBasicAuth
-from requests.utils import rewind_body, select_proxy
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
-from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from . import _runtime
-from ._attempts import Attempt, Attempts, Outcome, may_hedge
 from ._config import (
     DEFAULT_CACHE_TTL,
     DEFAULT_DEMOTE_SLOW,
@@ -52,13 +42,11 @@ from ._config import (
     Options,
     build_options,
 )
-from ._environment import Environment, keep_cookies, readdress
-from ._health import describe_error
-from ._hedge import ConnectTimes, Flight, Latencies, Race, Suspects, Workers, has_idle_connection
-from ._retry import RetryBudget, Verdict
-from ._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT, Selection, Status
+from ._environment import Environment, keep_cookies
+from ._selection import Selection, Status
+from ._sending import Dispatcher, Link, Route
 from ._urllib3 import is_managed
-from .events import AttemptEvent, Observer, SwitchEvent, emit
+from .events import Observer, SwitchEvent
 from .store import StateStore
 
 __all__ = ["FailoverAdapter"]
@@ -180,7 +168,7 @@ class FailoverAdapter(HTTPAdapter):
         self._start()
 
     def _start(self) -> None:
-        """Build the runtime (selection, budget, lookup table) from the configuration."""
+        """Build the runtime (lookup table, selection, sending machinery) from the configuration."""
         by_origin: Dict[str, List[Backend]] = {}
         for alias in self._options.aliases:
             for origin in alias.origins():
@@ -188,15 +176,10 @@ class FailoverAdapter(HTTPAdapter):
         for candidates in by_origin.values():
             candidates.sort(key=lambda b: len(b.base_path), reverse=True)
         self._by_origin = by_origin
-        self._selection = Selection(self._options, self._probe_send)
-        self._budget = RetryBudget()
         self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
-        self._by_url: Dict[str, Backend] = {b.url: b for b in self._options.targets}
-        self._pools: Dict[Any, Any] = {}  # urllib3 pools by (origin, verify, cert), for the connect race
-        self._connect_times = ConnectTimes()
-        self._suspects = Suspects()
-        self._latencies = Latencies()
-        self._workers = Workers()
+        self._selection = Selection(self._options, self._probe_send)
+        link = Link(send=self._send_one, mounted=self._sender, open_pool=self._open_pool, pooled=self._still_pooled)
+        self._dispatcher = Dispatcher(self._options, self._selection, link)
         _runtime.reset_after_fork(self)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -211,9 +194,7 @@ class FailoverAdapter(HTTPAdapter):
         connections open (no shutdown is sent); new ones are opened on demand.
         """
         HTTPAdapter.close(self)
-        self._drop_pools()
-        self._workers = Workers()  # the parent's worker threads do not exist here
-        self._suspects = Suspects()
+        self._dispatcher.after_fork()
         for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
             if isinstance(adapter, HTTPAdapter) and adapter is not self:
                 HTTPAdapter.close(adapter)  # the pools only (a subclass's close may do more)
@@ -261,9 +242,8 @@ class FailoverAdapter(HTTPAdapter):
     def close(self) -> None:
         """Stop background work, wait for probes in flight, then close every pooled socket."""
         self._selection.close()
-        self._workers.close()
+        self._dispatcher.close()
         super().close()
-        self._drop_pools()
         if self._transport is not None:
             self._transport.close()
 
@@ -279,106 +259,18 @@ class FailoverAdapter(HTTPAdapter):
                     return adapter
         return None
 
-    def _pool(self, backend: Backend, request: requests.PreparedRequest, kwargs: Mapping[str, Any]) -> Any:
-        """The urllib3 pool our own HTTPAdapter machinery sends ``request`` to ``backend`` with (cached)."""
-        verify, cert = kwargs.get("verify", True), kwargs.get("cert")
-        url = request.url or ""
-        key = (backend.origin, repr(verify), repr(cert))
-        pool = self._pools.get(key)
-        if pool is None or not self._still_pooled(pool):
-            if hasattr(self, "get_connection_with_tls_context"):  # requests >= 2.32.2
-                pool = self.get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
-            else:  # pragma: no cover - older requests
-                pool = self.get_connection(url, None)
-            self.cert_verify(pool, url, verify, cert)  # type: ignore[no-untyped-call]  # untyped in types-requests
-            if len(self._pools) >= 64:
-                self._pools.clear()
-            self._pools[key] = pool
+    def _open_pool(self, request: requests.PreparedRequest, verify: Any, cert: Any) -> Any:
+        """The urllib3 pool this adapter's own HTTPAdapter machinery sends ``request`` with (for the connect race)."""
+        if hasattr(self, "get_connection_with_tls_context"):  # requests >= 2.32.2
+            pool = self.get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
+        else:  # pragma: no cover - older requests
+            pool = self.get_connection(request.url or "", None)
+        self.cert_verify(pool, request.url or "", verify, cert)  # type: ignore[no-untyped-call]  # untyped in types-requests
         return pool
 
     def _still_pooled(self, pool: Any) -> bool:
         """Whether ``pool`` is still the pool manager's (not evicted, not closed)."""
         return is_managed(self.poolmanager, pool)
-
-    def _drop_pools(self) -> None:
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            pool.close()
-
-    def _connect(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> Attempt:
-        """Where ``attempt`` really goes: its backend, or the rival its slow new connect was raced against.
-
-        A backend whose connect lost a race and is still pending is skipped
-        for the rival at once (it is suspect, see :mod:`._hedge`); it is not
-        counted as tried then. Raises the connect error when every connect
-        failed, as the attempt would have.
-        """
-        if self._options.hedge_delay is None or self._transport is not None or attempt.hedge:
-            return attempt
-        rival = attempts.rival()
-        if rival is None:
-            return attempt
-        first = attempt.backend
-        pool = self._raceable_pool(first, route, kwargs)
-        if pool is None or has_idle_connection(pool):
-            return attempt  # a user's adapter or a proxy sends; or a keep-alive connection: no race, no thread
-        if first.url in self._suspects:
-            return attempts.moved(attempt, rival, tried=False)
-        won = self._race(first, pool, rival, route, kwargs, attempt.timeout)
-        return attempt if won is first else attempts.moved(attempt, won)
-
-    def _attempt_proxies(self, backend: Backend, route: _Route) -> Any:
-        """The proxies of the request's attempts to ``backend``: as given for the backend the URL
-        names, else :meth:`_proxies_for` (once per backend and request)."""
-        if backend is route.source:
-            return route.proxies
-        derived = route.derived
-        if backend.url not in derived:
-            derived[backend.url] = self._proxies_for(backend, route.source, route.proxies)
-        return derived[backend.url]
-
-    def _raceable_pool(self, backend: Backend, route: _Route, kwargs: Mapping[str, Any]) -> Any:
-        """Our own urllib3 pool for ``backend``, or None when another adapter or a proxy would send."""
-        outgoing = route.to(backend)
-        url = outgoing.url or ""
-        if self._sender(url) is not None or _proxied(url, self._attempt_proxies(backend, route)):
-            return None
-        return self._pool(backend, outgoing, kwargs)
-
-    def _race(
-        self, first: Backend, pool: Any, rival: Backend, route: _Route, kwargs: Mapping[str, Any], timeout: Any
-    ) -> Backend:
-        """``first``, or ``rival`` if its connect completes first (see :mod:`._hedge`)."""
-        connect = timeout[0] if isinstance(timeout, tuple) else timeout
-        race = Race(connect if isinstance(connect, (int, float)) else None, self._connect_times, self._lost_connect)
-        pending = race.start(first.url, pool)
-        winner = race.wait(self._connect_times.delay(first.url, float(self._options.hedge_delay or 0.0)))
-        if winner is None and not race.settled():  # still connecting after the delay: race the rival
-            rival_pool = self._raceable_pool(rival, route, kwargs)
-            if rival_pool is not None:
-                if has_idle_connection(rival_pool):
-                    race.adopt(rival.url)
-                else:
-                    race.start(rival.url, rival_pool)
-            winner = race.wait(None)
-        errors = race.take_errors()
-        if winner is None:
-            first_error: Optional[BaseException] = None
-            for name, error in errors:
-                if name == first.url:
-                    first_error = error
-                else:
-                    self._lost_connect(name, error)
-            raise _connect_error(first_error, route.to(first))
-        for name, error in errors:  # e.g. the first refused after the rival had started
-            self._lost_connect(name, error)
-        if winner.name != first.url and not pending.done:
-            self._suspects.add(first.url, pending)  # new connections skip it until its connect settles
-        return self._by_url[winner.name]
-
-    def _lost_connect(self, url: str, error: BaseException) -> None:
-        """A racing connect failed: its backend is marked down, as for any failed connect."""
-        self._selection.record_failure(self._by_url[url], describe_error(error))
 
     def _send_one(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send one request, no failover: through :meth:`_sender`, else our own pools."""
@@ -461,253 +353,19 @@ class FailoverAdapter(HTTPAdapter):
         """Send ``request`` to the active backend, failing over as the policy allows.
 
         A short chain: match the URL to a backend (else send as requests
-        would), keep the selection fresh, then let :class:`._attempts.Attempts`
-        say which attempt comes next while :meth:`_perform` sends each one.
+        would), keep the selection fresh, then let the
+        :class:`._sending.Dispatcher` send the attempts of the selection's plan.
         """
         kwargs: Dict[str, Any] = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
         matched = self.match(request.url)
         if matched is None:
             return self._send_one(request, timeout=timeout, **kwargs)
-        route = _Route(request, matched[0], matched[1], proxies)
         if timeout is None:
             timeout = self._options.default_timeout
         started = time.monotonic()  # before the first probe round: a wait there counts against the deadline
         self._selection.ensure_fresh({"verify": verify, "cert": cert, "proxies": proxies}, timeout)
-        attempts = Attempts(
-            self._selection.plan(),
-            request.method,
-            request.headers,
-            timeout=timeout,
-            started=started,
-            max_retries=self._options.max_retries,
-            retry_delay=self._options.retry_delay,
-            budget=self._budget,
-            replayable=_replayable(request),
-        )
-        try:
-            attempt = attempts.next(time.monotonic())
-            while attempt is not None:
-                self._perform(attempts, attempt, route, kwargs)
-                attempt = attempts.next(time.monotonic())
-            response = attempts.result(route.source, request)
-            keep_cookies(request, response)
-            return response
-        finally:
-            if self._options.observers and attempts.outcomes:
-                self._emit_attempts(attempts)
-
-    def _perform(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Dict[str, Any]) -> None:
-        """Send one attempt (after its backoff), racing its connect or hedging its answer where that applies."""
-        if attempt.delay:
-            _runtime.sleep(attempt.delay)
-        if attempt.number > 1:
-            route.rewind()
-        sent_at = time.monotonic()
-        try:
-            attempt = self._connect(attempts, attempt, route, kwargs)
-        except Exception as exc:
-            self._account(attempts.record(attempt, time.monotonic() - sent_at, error=exc))
-            return
-        if (
-            self._options.hedge_requests
-            and self._options.hedge_delay is not None  # None: no hedging of any kind, as in 0.2
-            and not kwargs["stream"]
-            and self._latencies.armed(attempt.backend.url)
-            and may_hedge(route.request.method, route.request.headers)
-            and isinstance(route.request.body, (bytes, str, type(None)))  # two threads cannot share a stream
-            and attempts.rival() is not None
-        ):
-            self._hedged(attempts, attempt, route, kwargs)
-            return
-        response, error, took = self._exchange(attempt, route, kwargs, sent_at)
-        self._account(attempts.record(attempt, took, response=response, error=error))
-
-    def _exchange(
-        self,
-        attempt: Attempt,
-        route: _Route,
-        kwargs: Mapping[str, Any],
-        sent_at: float,
-        flight: Optional[Flight] = None,
-    ) -> Tuple[Optional[requests.Response], Optional[BaseException], float]:
-        """Send ``attempt`` and read its answer; never raises. A ``flight`` given up meanwhile closes the answer."""
-        try:
-            proxies = self._attempt_proxies(attempt.backend, route)
-            outgoing = route.to(attempt.backend)
-            response = self._send_one(outgoing, timeout=attempt.timeout, **{**kwargs, "proxies": proxies})
-            if flight is not None and flight.given_up(attempt):
-                response.close()  # never read: its connection is closed, not pooled half-read
-                return None, None, time.monotonic() - sent_at
-            if not kwargs["stream"]:
-                # What Session.send would do right after; done here so that a
-                # body cut off by a dying backend fails over like any error.
-                response.content  # noqa: B018
-            return response, None, time.monotonic() - sent_at
-        except Exception as exc:
-            return None, exc, time.monotonic() - sent_at
-
-    def _hedged(self, attempts: Attempts, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> None:
-        """Send ``attempt`` on a worker; if its answer is late, send a hedge to the next backend too.
-
-        The first success wins; a failure waits for the other attempt still in
-        flight; the loser is given up (:meth:`Flight.decide`). Every outcome
-        is recorded here, on the caller's thread.
-        """
-        flight = Flight()
-        if not self._launch(flight, attempt, route, kwargs):
-            response, error, took = self._exchange(attempt, route, kwargs, time.monotonic())
-            self._account(attempts.record(attempt, took, response=response, error=error))
-            return
-        landed = flight.wait(self._latencies.delay(attempt.backend.url))
-        if landed is None:
-            hedge = attempts.hedge(time.monotonic())
-            if hedge is not None and (
-                hedge.backend.url in self._suspects or not self._launch(flight, hedge, route, kwargs)
-            ):
-                attempts.withdraw(hedge)  # its connect would wait on a black hole, or no worker is free
-        while landed is not None or flight.in_flight:
-            if landed is None:
-                landed = flight.wait(None)
-                assert landed is not None  # one is in flight: it lands
-            sent, response, error, took = landed
-            landed = None
-            outcome = attempts.record(sent, took, response=response, error=error, hedged=len(flight.started) > 1)
-            self._account(outcome)
-            if outcome.verdict is Verdict.SUCCESS or attempts.done:
-                for loser, seconds in flight.decide(sent):
-                    self._account(attempts.abandoned(loser, seconds))
-                return
-
-    def _launch(self, flight: Flight, attempt: Attempt, route: _Route, kwargs: Mapping[str, Any]) -> bool:
-        """Start ``attempt`` of ``flight`` on a worker thread; False when none is free."""
-        sent_at = flight.start(attempt)
-
-        def job() -> None:
-            # Whatever happens, something lands: the caller waits for it.
-            landed: Tuple[Optional[requests.Response], Optional[BaseException], float] = (None, _NO_ANSWER, 0.0)
-            try:
-                landed = self._exchange(attempt, route, kwargs, sent_at, flight)
-            finally:
-                flight.land(attempt, *landed)
-
-        if self._workers.submit(job):
-            return True
-        flight.cancel(attempt)
-        return False
-
-    def _account(self, outcome: Outcome) -> None:
-        """Record one classified outcome in the selection and the latency history: the one place that does."""
-        backend = outcome.attempt.backend
-        if outcome.verdict is Verdict.SUCCESS:
-            self._latencies.add(backend.url, outcome.duration)
-            self._selection.record_success(backend, latency=outcome.duration)
-        elif outcome.abandoned:
-            if not outcome.attempt.hedge:  # an abandoned hedge started late: it says nothing of its backend
-                self._latencies.slow(backend.url, outcome.duration)
-                self._selection.record_slow(backend, outcome.duration, SLOW_HEDGE_LOST)
-        elif outcome.verdict is not Verdict.RAISE:
-            if outcome.read_timeout:
-                self._latencies.slow(backend.url, outcome.duration)
-                self._selection.record_slow(backend, outcome.duration, SLOW_READ_TIMEOUT)
-            self._selection.record_failure(backend, outcome.error or "failed", outcome.retry_after)
-
-    def _emit_attempts(self, attempts: Attempts) -> None:
-        """One AttemptEvent per attempt: every one but the last went on to another attempt
-        (or was abandoned: a hedge answered first)."""
-        now = _runtime.now()
-        outcomes = attempts.outcomes
-        first = attempts.plan[0]
-        final = max((i for i, o in enumerate(outcomes) if not o.abandoned), default=len(outcomes))
-        for number, outcome in enumerate(outcomes):
-            attempt = outcome.attempt
-            if outcome.abandoned:
-                verdict = "abandoned"
-            elif number < final:
-                verdict = "retried"
-            else:
-                verdict = _FINAL_OUTCOME.get(outcome.verdict, "failed")
-            event = AttemptEvent(
-                backend=attempt.backend.url,
-                method=attempts.method or "GET",
-                outcome=verdict,
-                status_code=outcome.status_code,
-                error=None if outcome.status_code is not None else outcome.error,
-                duration=outcome.duration,
-                attempt=attempt.number,
-                failover=attempt.backend is not first,
-                repeat=attempt.tries > 1,
-                at=now,
-                hedge=attempt.hedge,
-                won=outcome.won,
-            )
-            emit(self._options.observers, event)
-
-
-#: What lands for an attempt whose worker ended without an answer or an error (never expected).
-_NO_ANSWER = RuntimeError("requests-failover: a hedging worker ended without an answer")
-_FINAL_OUTCOME = {Verdict.SUCCESS: "success", Verdict.RAISE: "raised"}
-
-
-class _Route:
-    """One request on its way: the request as the caller prepared it, the backend
-    its URL names, the rest of its URL, and the proxies requests computed for it.
-    Every URL sent to a backend (attempt, race rival, hedge) comes from :meth:`to`."""
-
-    __slots__ = ("derived", "proxies", "request", "rest", "source")
-
-    def __init__(
-        self, request: requests.PreparedRequest, source: Backend, rest: str, proxies: Optional[Mapping[str, str]]
-    ) -> None:
-        self.request, self.source, self.rest, self.proxies = request, source, rest, proxies
-        self.derived: Dict[str, Any] = {}  # backend url -> the proxies of its attempts
-
-    def to(self, backend: Backend) -> requests.PreparedRequest:
-        return _rewrite(self.request, self.source, self.rest, backend)
-
-    def rewind(self) -> None:
-        """Rewind a seekable body before it is sent again."""
-        body: object = self.request.body
-        if body is not None and hasattr(body, "seek"):
-            rewind_body(self.request)
-
-
-def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:
-    return bool(proxies) and bool(select_proxy(url, dict(proxies or {})))
-
-
-def _connect_error(error: Optional[BaseException], request: requests.PreparedRequest) -> Exception:
-    """A failed connect of a race, as the requests exception HTTPAdapter.send would raise."""
-    wrapped = MaxRetryError(None, request.url or "", error)  # type: ignore[arg-type]  # no pool to name
-    if isinstance(error, ConnectTimeoutError) and not isinstance(error, NewConnectionError):
-        return requests.exceptions.ConnectTimeout(wrapped, request=request)
-    if isinstance(error, Urllib3SSLError):
-        return requests.exceptions.SSLError(wrapped, request=request)
-    return requests.exceptions.ConnectionError(wrapped, request=request)
-
-
-def _replayable(request: requests.PreparedRequest) -> bool:
-    """Whether the body can be sent again: bytes, str, or a stream that can seek back."""
-    body: object = request.body  # typed bytes | str | None, but streams and generators are accepted
-    if body is None or isinstance(body, (bytes, str)):
-        return True
-    position = getattr(request, "_body_position", None)
-    return hasattr(body, "seek") and isinstance(position, int)
-
-
-def _rewrite(
-    request: requests.PreparedRequest, source: Backend, rest: str, target: Backend
-) -> requests.PreparedRequest:
-    """``request`` addressed to ``target``: a copy, so the caller's request is never
-    changed. To the backend the URL names, it goes as is, as plain requests sends it."""
-    auth = target.auth
-    if auth is not None and "Authorization" in request.headers:
-        auth = None  # the caller's own credentials win
-    if target is source and auth is None:
-        return request
-    outgoing = request.copy()
-    if target is not source:
-        outgoing.url = target.url + rest
-        auth = readdress(request, outgoing, target, auth)
-    if auth is not None:
-        outgoing = HTTPBasicAuth(*auth)(outgoing)
-    return outgoing
+        plan = self._selection.plan()
+        route = Route(request, matched[0], matched[1], proxies, derive=self._proxies_for)
+        response = self._dispatcher.send(route, plan, timeout, started, kwargs)
+        keep_cookies(request, response)
+        return response

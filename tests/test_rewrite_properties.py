@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from requests_failover import FailoverAdapter
-from requests_failover.adapter import _rewrite, _Route
+from requests_failover._sending import Route as _Route
+from requests_failover._sending import rewrite as _rewrite
 
 SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:@ é", max_size=8)
 PATHS = st.lists(SEGMENT, max_size=4).map(lambda parts: "/" + "/".join(parts))

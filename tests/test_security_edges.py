@@ -316,12 +316,12 @@ def test_each_backend_is_probed_and_requested_with_its_own_proxy_settings(
 
 # -- .netrc, cookies, redirects: decided again for the backend actually used ---------------------------------------
 
-#: These rules need one line in adapter._rewrite (owned by the helper rewriting send): after
+#: These rules need one line in _sending.rewrite (owned by the helper rewriting send): after
 #: ``outgoing.url = target.url + rest``, ``auth = readdress(request, outgoing, target, auth)``
 #: (``from ._environment import readdress``). Until it is merged, they fail as expected.
 NEEDS_REWRITE_LINE = pytest.mark.xfail(
-    not hasattr(__import__("requests_failover.adapter").adapter, "readdress"),
-    reason="needs the one line in adapter._rewrite that calls _environment.readdress",
+    not hasattr(__import__("requests_failover._sending")._sending, "readdress"),
+    reason="needs the one line in _sending.rewrite that calls _environment.readdress",
     strict=True,
 )
 
