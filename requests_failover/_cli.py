@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import requests
 
@@ -27,6 +27,9 @@ from ._state import decode, namespace
 from .adapter import FailoverAdapter
 from .session import FailoverSession
 from .store import RedisStore, _import_redis, check_url
+
+if TYPE_CHECKING:
+    from .testing import LoopbackBackend
 
 
 class UsageError(Exception):
@@ -316,89 +319,118 @@ def cmd_demo(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("        [log] %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    phases: Dict[str, List[float]] = {}
-    served: Dict[str, Dict[str, int]] = {}
-    failed: Dict[str, int] = {}
+    demo = _Demo(args.requests, args.interval)
     try:
         with LoopbackBackend("primary") as primary, LoopbackBackend("secondary") as secondary:
-            print(f"primary   {primary.url}\nsecondary {secondary.url}\n")
-            print(
-                f"demo settings: healthy_threshold={DEMO_HEALTHY_THRESHOLD} (shortened from the default 2: one "
-                "healthy failback probe takes the primary back, not two 1 s apart); "
-                f"cache_ttl={DEMO_CACHE_TTL:.0f} (lengthened from 300, so the failback below is the background "
-                "probes' doing, not a cache expiring); "
-                f"slow_start={DEMO_SLOW_START:g} (from 20 s: the primary takes every request back at once, not a "
-                "share ramping from 10 %). Everything else is at its default.\n"
-            )
-            with FailoverSession(
-                [primary.url, secondary.url],
-                state_file=False,
-                healthy_threshold=DEMO_HEALTHY_THRESHOLD,
-                cache_ttl=DEMO_CACHE_TTL,
-                slow_start=DEMO_SLOW_START,
-            ) as session:
-
-                def burst(phase: str, count: int) -> None:
-                    phases[phase], served[phase], failed[phase] = [], {}, 0
-                    for i in range(count):
-                        started = time.perf_counter()
-                        try:
-                            response = session.get(primary.url + f"/api/items/{i}", timeout=(1, 2))
-                            who = response.json()["server"]
-                        except requests.RequestException as exc:
-                            failed[phase] += 1
-                            who = f"FAILED {type(exc).__name__}"
-                        ms = (time.perf_counter() - started) * 1000
-                        phases[phase].append(ms)
-                        served[phase][who] = served[phase].get(who, 0) + 1
-                        if i < 3 or i == count - 1:
-                            print(f"  {phase:<22} GET /api/items/{i:<3} -> {who:<10} {ms:7.1f} ms")
-                        elif i == 3:
-                            print(f"  {phase:<22} ...")
-                        time.sleep(args.interval)
-
-                print("1. both backends up: requests go to the primary")
-                burst("1 primary up", args.requests)
-                print("\n2. the primary dies (connections refused)")
-                primary.set("refuse")
-                burst("2 primary down", args.requests)
-                print("\n3. the primary comes back; the background failback probes take it back (no force_refresh)")
-                primary.set("up")
-                back = time.monotonic()
-                waiting = 0
-                while session.active_backend != primary.url and time.monotonic() - back < DEMO_FAILBACK_BOUND:
-                    try:  # traffic goes on meanwhile, served by the secondary
-                        session.get(primary.url + "/api/items/wait", timeout=(1, 2))
-                    except requests.RequestException:
-                        pass  # counted in no phase: the phases below show the failures
-                    waiting += 1
-                    time.sleep(0.05)
-                took = time.monotonic() - back
-                if session.active_backend != primary.url:
-                    print(f"  no failback within {DEMO_FAILBACK_BOUND:.0f} s: see docs/troubleshooting.rst")
+            session = demo.setup(primary.url, secondary.url)
+            with session:
+                demo.outage(session, primary)
+                if not demo.failback(session, primary):
                     return 1
-                print(
-                    f"  failback after {took:.1f} s ({waiting} requests sent meanwhile), "
-                    "by the background probes alone: no force_refresh()"
-                )
-                burst("3 primary back", args.requests)
     finally:
         log.removeHandler(handler)
+    return demo.summary()
 
-    rows = []
-    for phase, times in phases.items():
-        who = ", ".join(f"{k} x{v}" for k, v in served[phase].items())
-        rows.append(
-            [phase, str(len(times)), str(failed[phase]), who, f"{statistics.median(times):.1f}", f"{max(times):.1f}"]
+
+class _Demo:
+    """One run of the demo, phase by phase: each phase sends a burst of requests
+    and keeps what it measured (the time of each request, who served it, the failures)."""
+
+    def __init__(self, count: int, interval: float) -> None:
+        self.count, self.interval = count, interval
+        self.times: Dict[str, List[float]] = {}
+        self.served: Dict[str, Dict[str, int]] = {}
+        self.failed: Dict[str, int] = {}
+
+    def setup(self, primary: str, secondary: str) -> FailoverSession:
+        """Setup: print the two backends and the demo's departures from the defaults; the session over them."""
+        print(f"primary   {primary}\nsecondary {secondary}\n")
+        print(
+            f"demo settings: healthy_threshold={DEMO_HEALTHY_THRESHOLD} (shortened from the default 2: one "
+            "healthy failback probe takes the primary back, not two 1 s apart); "
+            f"cache_ttl={DEMO_CACHE_TTL:.0f} (lengthened from 300, so the failback below is the background "
+            "probes' doing, not a cache expiring); "
+            f"slow_start={DEMO_SLOW_START:g} (from 20 s: the primary takes every request back at once, not a "
+            "share ramping from 10 %). Everything else is at its default.\n"
         )
-    print("\nsummary")
-    print(_table(rows, ["phase", "requests", "failed", "served by", "median_ms", "max_ms"]))
-    outage = phases["2 primary down"]
-    print(
-        f"\ncost of the outage: {sum(failed.values())} failed requests; the first request after it took "
-        f"{outage[0]:.1f} ms, {outage[0] - statistics.median(outage):.1f} ms more than the median."
-    )
-    return 0 if sum(failed.values()) == 0 else 1
+        return FailoverSession(
+            [primary, secondary],
+            state_file=False,
+            healthy_threshold=DEMO_HEALTHY_THRESHOLD,
+            cache_ttl=DEMO_CACHE_TTL,
+            slow_start=DEMO_SLOW_START,
+        )
+
+    def outage(self, session: FailoverSession, primary: LoopbackBackend) -> None:
+        """Outage: a burst with both backends up (the primary serves), then one with the primary refusing."""
+        print("1. both backends up: requests go to the primary")
+        self._burst(session, primary.url, "1 primary up")
+        print("\n2. the primary dies (connections refused)")
+        primary.set("refuse")
+        self._burst(session, primary.url, "2 primary down")
+
+    def failback(self, session: FailoverSession, primary: LoopbackBackend) -> bool:
+        """Failback: the primary comes back; traffic goes on until the background probes alone take it
+        back (at most :data:`DEMO_FAILBACK_BOUND` seconds), then a last burst. False: no failback in time."""
+        print("\n3. the primary comes back; the background failback probes take it back (no force_refresh)")
+        primary.set("up")
+        back = time.monotonic()
+        waiting = 0
+        while session.active_backend != primary.url and time.monotonic() - back < DEMO_FAILBACK_BOUND:
+            try:  # traffic goes on meanwhile, served by the secondary
+                session.get(primary.url + "/api/items/wait", timeout=(1, 2))
+            except requests.RequestException:
+                pass  # counted in no phase: the phases below show the failures
+            waiting += 1
+            time.sleep(0.05)
+        took = time.monotonic() - back
+        if session.active_backend != primary.url:
+            print(f"  no failback within {DEMO_FAILBACK_BOUND:.0f} s: see docs/troubleshooting.rst")
+            return False
+        print(
+            f"  failback after {took:.1f} s ({waiting} requests sent meanwhile), "
+            "by the background probes alone: no force_refresh()"
+        )
+        self._burst(session, primary.url, "3 primary back")
+        return True
+
+    def summary(self) -> int:
+        """Summary: a table of the phases and the cost of the outage; the exit status (1: a request failed)."""
+        rows = []
+        for phase, times in self.times.items():
+            who = ", ".join(f"{k} x{v}" for k, v in self.served[phase].items())
+            row = [phase, str(len(times)), str(self.failed[phase]), who]
+            rows.append([*row, f"{statistics.median(times):.1f}", f"{max(times):.1f}"])
+        print("\nsummary")
+        print(_table(rows, ["phase", "requests", "failed", "served by", "median_ms", "max_ms"]))
+        outage = self.times["2 primary down"]
+        failed = sum(self.failed.values())
+        print(
+            f"\ncost of the outage: {failed} failed requests; the first request after it took "
+            f"{outage[0]:.1f} ms, {outage[0] - statistics.median(outage):.1f} ms more than the median."
+        )
+        return 0 if failed == 0 else 1
+
+    def _burst(self, session: FailoverSession, base: str, phase: str) -> None:
+        """Send the phase's requests one by one, ``interval`` apart; print the first three and the last."""
+        times: List[float] = []
+        served: Dict[str, int] = {}
+        self.times[phase], self.served[phase], self.failed[phase] = times, served, 0
+        for i in range(self.count):
+            started = time.perf_counter()
+            try:
+                who = session.get(base + f"/api/items/{i}", timeout=(1, 2)).json()["server"]
+            except requests.RequestException as exc:
+                self.failed[phase] += 1
+                who = f"FAILED {type(exc).__name__}"
+            ms = (time.perf_counter() - started) * 1000
+            times.append(ms)
+            served[who] = served.get(who, 0) + 1
+            if i < 3 or i == self.count - 1:
+                print(f"  {phase:<22} GET /api/items/{i:<3} -> {who:<10} {ms:7.1f} ms")
+            elif i == 3:
+                print(f"  {phase:<22} ...")
+            time.sleep(self.interval)
 
 
 # -- entry point -------------------------------------------------------------------------------
