@@ -475,6 +475,7 @@ class ConnectRacer:
 
 
 def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:
+    """Whether ``proxies`` send ``url`` through a proxy (then the proxy's pool connects, not ours)."""
     return bool(proxies) and bool(select_proxy(url, dict(proxies or {})))
 
 
