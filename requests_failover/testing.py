@@ -49,6 +49,9 @@ Public API, for users' test suites (and the library's own):
         30 % of API answers are a 503 instead, spread the same way (a counter
         of its own); ``(0, 500)`` clears.
 
+:func:`served_by`
+    which backend answered a response (the ``"server"`` field of its JSON).
+
 :func:`set_testing`
     the one switch (as ``stamina.set_testing``): backoff waits return at once,
     and the library's clock can be replaced by one the test moves by hand.
@@ -74,7 +77,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from . import _runtime
 from ._config import DEFAULT_HEALTH_PATHS
 
-__all__ = ["MODES", "Hit", "LoopbackBackend", "is_testing", "set_testing", "settle"]
+__all__ = ["MODES", "Hit", "LoopbackBackend", "is_testing", "served_by", "set_testing", "settle"]
 
 MODES = ("up", "refuse", "blackhole", "hang", "reset", "truncate")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -548,6 +551,24 @@ def settle(session: Any, timeout: float = 30.0) -> None:
         if selection.idle():
             WORKER.wake()
         time.sleep(0.002)
+
+
+def served_by(response: Any) -> str:
+    """Which :class:`LoopbackBackend` answered ``response``: the ``"server"`` field of its JSON body.
+
+    A backend in ``up`` mode names itself in every answer, so a test says
+    ``assert served_by(session.get(url)) == "secondary"`` rather than reading
+    the body by hand. Raises ``ValueError`` when the body is not a loopback
+    backend's answer (not JSON, or no ``"server"`` string in it).
+    """
+    try:
+        document = response.json()
+    except ValueError as exc:  # requests' JSONDecodeError is a ValueError
+        raise ValueError(f"response: not a LoopbackBackend answer (no JSON body): {exc}") from None
+    server = document.get("server") if isinstance(document, dict) else None
+    if not isinstance(server, str):
+        raise ValueError('response: not a LoopbackBackend answer (no "server" name in its JSON body)')
+    return server
 
 
 def is_testing() -> bool:

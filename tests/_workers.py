@@ -8,7 +8,16 @@ from __future__ import annotations
 import os
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple, Optional
+
+
+class Answer(NamedTuple):
+    """A child's answer to one GET: "ok" with the status and the backend that answered, or "error" and why."""
+
+    outcome: str
+    status: Optional[int] = None
+    server: Optional[str] = None
+    error: Optional[str] = None
 
 
 def serve(conn: Connection, backends: List[str], options: Dict[str, Any], name: str) -> None:
@@ -24,9 +33,9 @@ def serve(conn: Connection, backends: List[str], options: Dict[str, Any], name: 
         if command == "get":
             try:
                 response = session.get(backends[0] + args[0], headers={"X-Worker": name}, timeout=(2, 5))
-                conn.send(("ok", response.status_code, response.json().get("server")))
+                conn.send(Answer("ok", response.status_code, response.json().get("server")))
             except Exception as exc:  # reported to the parent, which asserts on it
-                conn.send(("error", repr(exc)))
+                conn.send(Answer("error", error=repr(exc)))
         elif command == "status":
             conn.send(session.status())
     session.close()

@@ -8,7 +8,8 @@ import multiprocessing
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -16,9 +17,13 @@ from requests_failover import FailoverSession, SwitchEvent
 from requests_failover.testing import LoopbackBackend, set_testing
 
 from . import _workers
+from ._valkey import ValkeyServer
+from ._workers import Answer
 
 SPAWN = multiprocessing.get_context("spawn")
-WAIT = 60.0  # generous upper bound for a child's answer on a loaded machine
+# The one upper bound of every wait in the suite (a child's answer, a thread's end, a polled
+# condition): far above any real cost on a loaded machine, so only a hang or a real defect reaches it.
+BOUND = 60.0
 
 
 @pytest.fixture(autouse=True)
@@ -124,13 +129,11 @@ def ipv6_loopback_available() -> bool:
         return False
 
 
-def served_by(response: Any) -> str:
-    """Which loopback backend answered (its JSON names it)."""
-    return str(response.json()["server"])
+def wait_until(condition: Callable[[], bool], what: str, bound: float = BOUND) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` after ``bound`` seconds.
 
-
-def wait_until(condition: Callable[[], bool], what: str, bound: float = 60.0) -> None:
-    """Poll ``condition`` until true; fail after a generous bound (an upper bound, not a timing assertion)."""
+    The suite's one polling helper. ``bound`` is an upper bound against a hang, never a timing assertion.
+    """
     deadline = time.monotonic() + bound
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
@@ -139,6 +142,17 @@ def wait_until(condition: Callable[[], bool], what: str, bound: float = 60.0) ->
 
 def root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A real Valkey server of this test's own (a free loopback port), stopped at teardown."""
+    directory = tmp_path / "valkey"
+    directory.mkdir()
+    server = ValkeyServer(str(directory))
+    server.start()
+    yield server
+    server.stop()
 
 
 class Worker:
@@ -152,18 +166,22 @@ class Worker:
         assert self._recv()[0] == "ready"
 
     def _recv(self) -> Any:
-        assert self.conn.poll(WAIT), f"worker {self.name} did not answer"
+        assert self.conn.poll(BOUND), f"worker {self.name} did not answer"
         return self.conn.recv()
 
-    def get(self, path: str) -> Tuple[Any, ...]:
-        self.conn.send(("get", path))
-        return tuple(self._recv())
+    def get(self, path: str) -> Answer:
+        """GET ``path`` in the child (its first backend's URL + ``path``) and return its answer."""
+        self.send_get(path)
+        return self.result()
 
     def send_get(self, path: str) -> None:
         self.conn.send(("get", path))
 
-    def result(self) -> Tuple[Any, ...]:
-        return tuple(self._recv())
+    def result(self) -> Answer:
+        """The answer to the last :meth:`send_get`."""
+        answer = self._recv()
+        assert isinstance(answer, Answer), f"worker {self.name} answered {answer!r}"
+        return answer
 
     def status(self) -> Dict[str, Any]:
         self.conn.send(("status",))
@@ -174,7 +192,7 @@ class Worker:
             self.conn.send(("exit",))
         except OSError:
             pass
-        self.process.join(WAIT)
+        self.process.join(BOUND)
         if self.process.is_alive():
             self.process.kill()
 
@@ -196,7 +214,7 @@ class _Blocker:
 
     def _tick(self) -> None:
         self.inside.set()
-        self.release.wait(WAIT)
+        self.release.wait(BOUND)
 
     def _flush(self) -> None:
         pass
@@ -217,7 +235,7 @@ def background_paused() -> Iterator[None]:
     blocker = _Blocker()
     WORKER.add(blocker)
     try:
-        assert blocker.inside.wait(WAIT), "the background thread never ran"
+        assert blocker.inside.wait(BOUND), "the background thread never ran"
         yield
     finally:
         blocker.release.set()

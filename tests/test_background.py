@@ -18,11 +18,9 @@ from typing import Any, Callable, List
 import pytest
 
 from requests_failover import FailoverSession, _state
-from requests_failover.testing import set_testing, settle
+from requests_failover.testing import served_by, set_testing, settle
 
-from .conftest import Clock, served_by, wait_until
-
-BOUND = 60.0  # seconds: only a hang or a real defect reaches it
+from .conftest import BOUND, Clock, wait_until
 
 Make = Callable[..., FailoverSession]
 

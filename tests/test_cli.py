@@ -8,14 +8,11 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
 from requests_failover import FailoverSession
-
-from ._valkey import ValkeyServer
 
 
 def run(*args: str, env_extra: dict = {}) -> subprocess.CompletedProcess:  # noqa: B006 - read only
@@ -251,16 +248,6 @@ def test_check_says_plainly_when_a_backend_has_no_health_path(primary, secondary
     ) in result.stdout
     document = json.loads(run("check", "--json", primary.url, secondary.url).stdout)
     assert [b["health_endpoint"] for b in document["backends"]] == [False, True]
-
-
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    directory = tmp_path / "valkey"
-    directory.mkdir()
-    server = ValkeyServer(str(directory))
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_status_with_a_state_file_reports_the_store_as_status_does(primary, secondary, valkey, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -13,6 +12,8 @@ import requests_mock
 
 from requests_failover import AllBackendsFailed, FailoverAdapter, FailoverSession
 from requests_failover.testing import set_testing
+
+from .conftest import wait_until
 
 P, S = "https://primary.example", "https://secondary.example"
 
@@ -97,14 +98,6 @@ def test_streaming_responses(make_session, primary, secondary):
     assert b'"server": "secondary"' in body
 
 
-def wait_until(condition, what: str, bound: float = 30.0) -> None:
-    """Poll ``condition`` until true; fail after a generous bound (not a timing assertion)."""
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_close_releases_every_socket(primary, secondary):
     session = FailoverSession([primary.url, secondary.url], state_file=False)
     for _ in range(3):
@@ -113,7 +106,9 @@ def test_close_releases_every_socket(primary, secondary):
     session.get(primary.url + "/")  # pools to both backends are open now
     assert primary.open_connections() >= 1
     session.close()
-    wait_until(lambda: primary.open_connections() == 0 and secondary.open_connections() == 0, "sockets left open")
+    wait_until(
+        lambda: primary.open_connections() == 0 and secondary.open_connections() == 0, "every socket closed", bound=30.0
+    )
 
 
 def test_no_resource_warning_when_closed(primary, secondary):

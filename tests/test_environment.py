@@ -17,17 +17,13 @@ import pytest
 import requests
 
 from requests_failover import FailoverSession
-from requests_failover.testing import LoopbackBackend
+from requests_failover.testing import LoopbackBackend, served_by
 
 
 @pytest.fixture
 def proxy():
     with LoopbackBackend("proxy") as backend:
         yield backend
-
-
-def served_by(response: requests.Response) -> str:
-    return str(response.json()["server"])
 
 
 def test_proxy_variables_take_effect_on_the_next_request(primary, secondary, proxy, monkeypatch):

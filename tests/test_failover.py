@@ -11,15 +11,11 @@ import pytest
 import requests
 
 from requests_failover import AllBackendsFailed, FailoverSession, SwitchEvent
-from requests_failover.testing import LoopbackBackend, settle
+from requests_failover.testing import LoopbackBackend, served_by, settle
 
 from .conftest import Clock
 
 Make = Callable[..., FailoverSession]
-
-
-def served_by(response: requests.Response) -> str:
-    return str(response.json()["server"])
 
 
 def app_hits(server: LoopbackBackend, method: str = "") -> int:

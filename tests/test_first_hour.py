@@ -12,9 +12,9 @@ from typing import Callable, Dict, Iterator
 import pytest
 
 from requests_failover import FailoverSession, _health
-from requests_failover.testing import LoopbackBackend, settle
+from requests_failover.testing import LoopbackBackend, served_by, settle
 
-from .conftest import Clock, served_by
+from .conftest import Clock
 
 Make = Callable[..., FailoverSession]
 NO_HEALTH: Dict[str, int] = {"/health": 404, "/api/health": 404, "/status": 404}

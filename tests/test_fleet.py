@@ -26,21 +26,10 @@ from requests_failover._state import FORMAT_VERSION
 from requests_failover.testing import set_testing, settle
 
 from ._valkey import ValkeyServer
-from .conftest import Worker, wait_until
+from .conftest import BOUND, Worker, wait_until
 from .test_shared_state import hits_from
 
 PASSWORD = "s3cret-Pa55word"
-WAIT = 60.0
-
-
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    directory = tmp_path / "valkey"
-    directory.mkdir()
-    server = ValkeyServer(str(directory))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -174,16 +163,16 @@ def test_one_machine_meets_a_black_hole_and_the_fleet_switches(primary, secondar
     ]
     workers += machines
     for machine in machines:
-        assert machine.get("/warmup")[2] == "primary"
+        assert machine.get("/warmup").server == "primary"
     primary.set("blackhole")
-    assert machines[0].get("/after")[2] == "secondary", "A meets the black hole and switches"
+    assert machines[0].get("/after").server == "secondary", "A meets the black hole and switches"
     wait_until(lambda: (stored(valkey, backends) or {}).get("active") == secondary.url, "A's switch in the store")
     for machine in machines[1:]:  # pushed: B and C know before they send anything
         wait_until(lambda m=machine: m.status()["active_backend"] == secondary.url, f"{machine.name} learns it")
     primary.set("up")  # were B or C to try the primary now, it would count the request
     primary.reset_hits()
     for machine in machines[1:]:
-        assert machine.get("/after")[2] == "secondary"
+        assert machine.get("/after").server == "secondary"
         assert hits_from(primary, machine.name) == 0, f"{machine.name} sent nothing to the dead primary"
     assert Path(tmp_path / "C.json").exists(), "each machine keeps its local layer"
     assert json.loads((tmp_path / "C.json").read_text())["active"] == secondary.url
@@ -196,7 +185,7 @@ def test_a_stale_selection_is_probed_by_one_machine_of_the_fleet(primary, second
     ]
     workers += machines
     for machine in machines:
-        assert machine.get("/fresh")[2] == "primary"
+        assert machine.get("/fresh").server == "primary"
     document = stored(valkey, backends)
     assert document is not None
     document["checked_at"] -= 10_000  # stale everywhere at once: announced to every machine
@@ -204,12 +193,12 @@ def test_a_stale_selection_is_probed_by_one_machine_of_the_fleet(primary, second
     secondary.reset_hits()
     publish(valkey, backends, json.dumps(document).encode())
     for machine in machines:
-        assert machine.get("/stale")[2] == "primary", "served at once by the stale selection"
+        assert machine.get("/stale").server == "primary", "served at once by the stale selection"
     wait_until(lambda: (stored(valkey, backends) or {}).get("checked_at", 0) > time.time() - 600, "a new round")
     wait_until(lambda: bool(primary.hits(health=True) and secondary.hits(health=True)), "the round's probes")
     for machine in machines:  # every machine looks again: no second round
         wait_until(lambda m=machine: m.status()["cache_valid"], f"{machine.name} has the fresh selection")
-        assert machine.get("/after")[2] == "primary"
+        assert machine.get("/after").server == "primary"
     assert [h.path for h in primary.hits(health=True)] == ["/health"], "one probe round for the fleet"
     assert [h.path for h in secondary.hits(health=True)] == ["/health"]
 
@@ -557,8 +546,8 @@ def test_a_session_used_before_fork_shares_the_store_from_the_child(primary, sec
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: that is the point
             child.start()
-        assert answers.get(timeout=WAIT) == "secondary"
-        child.join(WAIT)
+        assert answers.get(timeout=BOUND) == "secondary"
+        child.join(BOUND)
         assert child.exitcode == 0
         wait_until(lambda: session.status()["active_backend"] == secondary.url, "the parent learns the child's switch")
         assert stored(valkey, backends)["active"] == secondary.url  # type: ignore[index]
@@ -608,7 +597,7 @@ def test_concurrent_updates_of_machines_are_never_lost(valkey):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(WAIT)
+        thread.join(BOUND)
     for layer, store in zip(layers, stores):
         layer.close()
         store.close()
@@ -646,12 +635,12 @@ def test_the_fleet_takes_a_recovered_primary_back(primary, secondary, valkey, wo
     ]
     workers += machines
     for machine in machines:
-        assert machine.get("/warmup")[2] == "primary"
+        assert machine.get("/warmup").server == "primary"
     primary.set("refuse")
-    assert machines[0].get("/outage")[2] == "secondary"
+    assert machines[0].get("/outage").server == "secondary"
     wait_until(lambda: machines[1].status()["active_backend"] == secondary.url, "B learns the switch")
     primary.set("up")  # failback probes (leased: one machine at a time) find it healthy twice
     for machine in machines:
         wait_until(lambda m=machine: m.status()["active_backend"] == primary.url, f"{machine.name} fails back")
-        assert machine.get("/after")[2] == "primary"
+        assert machine.get("/after").server == "primary"
     assert len(primary.hits(health=True)) >= 2, "taken back after healthy_threshold probes"

@@ -17,9 +17,10 @@ import pytest
 from requests_failover import DemotionEvent, FailoverSession
 from requests_failover import _pool as pool
 from requests_failover._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT
-from requests_failover.testing import LoopbackBackend, set_testing, settle
+from requests_failover.testing import LoopbackBackend, served_by, set_testing, settle
 
-from .conftest import Clock, Worker, served_by, wait_until
+from ._workers import Answer
+from .conftest import Clock, Worker, wait_until
 
 Make = Callable[..., FailoverSession]
 
@@ -211,10 +212,10 @@ def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers
     backends = [gray.url, secondary.url]
     child = Worker(backends, "child", state_file=state_file, hedge_requests=False)
     workers.append(child)
-    assert child.get("/warm")[:3] == ("ok", 200, "primary")
+    assert child.get("/warm") == Answer("ok", 200, "primary")
     gray.set(api_delay=SLOW)
     for i in range(pool.SLOW_STREAK):
-        assert child.get(f"/slow/{i}")[:3] == ("ok", 200, "primary")
+        assert child.get(f"/slow/{i}") == Answer("ok", 200, "primary")
     demoted_until = child.status()["backends"][0]["demoted_until"]
     assert demoted_until is not None, "the child demoted the primary"
 

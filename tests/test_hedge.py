@@ -14,13 +14,12 @@ from typing import Any, List
 import pytest
 
 from requests_failover import FailoverSession, _hedge
-from requests_failover.testing import settle
+from requests_failover.testing import served_by, settle
 
-from .conftest import served_by, wait_until
+from .conftest import BOUND, wait_until
 
 CONNECT = 10.0  # the request's connect timeout: a black hole would cost all of it
 LOOSE = CONNECT / 2  # "well under the connect timeout"
-BOUND = 60.0
 
 
 @pytest.fixture

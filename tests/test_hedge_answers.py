@@ -18,12 +18,11 @@ import pytest
 from requests_failover import AttemptEvent, FailoverSession
 from requests_failover._hedge import MIN_SAMPLES
 from requests_failover._retry import RetryBudget
-from requests_failover.testing import settle
+from requests_failover.testing import served_by, settle
 
-from .conftest import served_by, wait_until
+from .conftest import BOUND, wait_until
 
 SLOW = 3.0  # seconds a slow backend takes to answer
-BOUND = 60.0
 
 
 def armed(primary, secondary, **options: Any) -> FailoverSession:

@@ -19,7 +19,8 @@ import pytest
 from requests_failover import AttemptEvent, FailoverSession, ProbeEvent, Status, SwitchEvent
 from requests_failover.testing import settle
 
-BOUND = 60.0
+from .conftest import BOUND
+
 Make = Callable[..., FailoverSession]
 
 

@@ -21,8 +21,9 @@ import pytest
 import requests
 
 from requests_failover import FailoverSession
+from requests_failover.testing import served_by
 
-from .conftest import WAIT, background_paused, served_by
+from .conftest import BOUND, background_paused, wait_until
 
 
 def other_session(kind: str, first: FailoverSession, backends: List[str], state_file: str) -> FailoverSession:
@@ -137,29 +138,30 @@ def gunicorn_app(tmp_path: Path, primary, secondary) -> Iterator[Callable[[str],
     http = requests.Session()
 
     def get(path: str) -> str:
-        response = http.get(f"http://127.0.0.1:{port}{path}", timeout=WAIT, headers={"Connection": "close"})
+        response = http.get(f"http://127.0.0.1:{port}{path}", timeout=BOUND, headers={"Connection": "close"})
         assert response.status_code == 200, response.text
         return response.text
 
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
+
+        def answers() -> bool:
             try:
                 get("/ready")
-                break
             except requests.ConnectionError:
                 assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()
-                assert time.monotonic() < deadline, "gunicorn never answered"
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(answers, "gunicorn answering")
         yield get
     finally:
         http.close()
         server.terminate()
         try:
-            server.wait(WAIT)
+            server.wait(BOUND)
         except subprocess.TimeoutExpired:
             server.kill()
-            server.wait(WAIT)
+            server.wait(BOUND)
 
 
 def test_one_gunicorn_worker_discovers_an_outage_and_the_others_follow(gunicorn_app, primary, secondary):
@@ -167,12 +169,14 @@ def test_one_gunicorn_worker_discovers_an_outage_and_the_others_follow(gunicorn_
     landed does not decide the outcome; the discovering request itself published the outage."""
     get = gunicorn_app
     pids = set()
-    deadline = time.monotonic() + WAIT
-    while len(pids) < 3:  # every worker has served, so each holds the selection (primary)
+
+    def every_worker_served() -> bool:  # then each holds the selection (primary)
         server, pid, _ = get("/warm").split()
         assert server == "primary"
         pids.add(pid)
-        assert time.monotonic() < deadline, f"only {len(pids)} workers answered"
+        return len(pids) == 3
+
+    wait_until(every_worker_served, "all three workers answering")
     primary.set(status=503)  # dead, and it counts every request it still receives
     primary.reset_hits()
     secondary.reset_hits()

@@ -19,7 +19,7 @@ from requests_failover._state import FORMAT_VERSION, default_path
 from requests_failover.testing import LoopbackBackend, settle
 
 from . import _workers
-from .conftest import SPAWN, WAIT, Worker, root
+from .conftest import BOUND, SPAWN, Worker, root, wait_until
 
 
 @pytest.fixture
@@ -38,16 +38,19 @@ def read(path: str) -> Dict[str, Any]:
 
 def wait_for_file(path: str, predicate: Any, what: str) -> Dict[str, Any]:
     """The file once ``predicate(document)`` holds; writes are write-behind (milliseconds)."""
-    deadline = time.monotonic() + WAIT
-    while True:
+    found: List[Dict[str, Any]] = []
+
+    def shows() -> bool:
         try:
             document = read(path)
-            if predicate(document):
-                return document
-        except (OSError, ValueError):
-            pass
-        assert time.monotonic() < deadline, f"the state file never showed {what}"
-        time.sleep(0.005)
+        except (OSError, ValueError):  # not written yet, or caught between two writes
+            return False
+        if predicate(document):
+            found.append(document)
+        return bool(found)
+
+    wait_until(shows, f"the state file showing {what}")
+    return found[0]
 
 
 def make_stale(path: str) -> None:
@@ -67,14 +70,14 @@ def test_switch_in_one_process_is_used_by_the_next_request_of_another(primary, s
     a = Worker(backends, "A", state_file=state_file)
     b = Worker(backends, "B", state_file=state_file)
     workers += [a, b]
-    assert a.get("/warmup")[2] == "primary"
-    assert b.get("/warmup")[2] == "primary"
+    assert a.get("/warmup").server == "primary"
+    assert b.get("/warmup").server == "primary"
     primary.set("refuse")
-    assert a.get("/after")[2] == "secondary", "A meets the dead primary and switches"
+    assert a.get("/after").server == "secondary", "A meets the dead primary and switches"
     wait_for_file(state_file, lambda d: d["active"] == secondary.url, "A's switch")  # written behind A's request
     primary.set("up")  # were B to try the primary, the primary would now count it
     primary.reset_hits()
-    assert b.get("/after")[2] == "secondary", "B uses A's switch"
+    assert b.get("/after").server == "secondary", "B uses A's switch"
     assert hits_from(primary, "B") == 0 and primary.hits(health=True) == [], "B never touched the primary"
     assert b.status()["active_backend"] == secondary.url
 
@@ -86,7 +89,7 @@ def test_fresh_process_with_fresh_selection_on_disk_sends_no_probe(primary, seco
     probes = len(primary.hits(health=True)) + len(secondary.hits(health=True))
     worker = Worker(backends, "fresh", state_file=state_file)
     workers.append(worker)
-    assert worker.get("/x")[2] == "primary"
+    assert worker.get("/x").server == "primary"
     assert len(primary.hits(health=True)) + len(secondary.hits(health=True)) == probes
 
 
@@ -97,20 +100,20 @@ def test_stale_selection_is_probed_once_by_six_processes(primary, secondary, sta
     six = [Worker(backends, f"w{i}", state_file=state_file) for i in range(6)]
     workers += six
     for worker in six:
-        assert worker.get("/fresh")[0] == "ok"
+        assert worker.get("/fresh").outcome == "ok"
     make_stale(state_file)
     primary.reset_hits()
     secondary.reset_hits()
     for worker in six:
         worker.send_get("/stale")
-    assert [w.result()[2] for w in six] == ["primary"] * 6, "served at once by the stale selection"
+    assert [w.result().server for w in six] == ["primary"] * 6, "served at once by the stale selection"
     wait_for_file(state_file, lambda d: d["checked_at"] > time.time() - 600, "a new probe round")
-    deadline = time.monotonic() + WAIT
-    while not (primary.hits(health=True) and secondary.hits(health=True)):  # the secondary's may come late
-        assert time.monotonic() < deadline, "the probe round never reached both backends"
-        time.sleep(0.005)
+    wait_until(  # the secondary's probe may come late
+        lambda: bool(primary.hits(health=True) and secondary.hits(health=True)),
+        "the probe round reaching both backends",
+    )
     for worker in six:  # each process looks at the file again: still no second round
-        assert worker.get("/after")[2] == "primary"
+        assert worker.get("/after").server == "primary"
     assert [h.path for h in primary.hits(health=True)] == ["/health"], "one probe round, not six"
     assert [h.path for h in secondary.hits(health=True)] == ["/health"]
 
@@ -253,9 +256,9 @@ def test_lock_of_a_killed_process_does_not_block_others(primary, secondary, stat
     ready = SPAWN.Event()
     holder = SPAWN.Process(target=_workers.hold_lock_forever, args=(state_file + ".lock", ready), daemon=True)
     holder.start()
-    assert ready.wait(WAIT)
+    assert ready.wait(BOUND)
     os.kill(holder.pid, signal.SIGKILL)
-    holder.join(WAIT)
+    holder.join(BOUND)
     with FailoverSession([primary.url, secondary.url], state_file=state_file) as session:
         primary.set("refuse")
         assert session.get(primary.url + "/").json()["server"] == "secondary"
@@ -270,14 +273,14 @@ def test_lock_held_by_a_live_process_degrades_the_update_to_memory(primary, seco
         holder = SPAWN.Process(target=_workers.hold_lock_forever, args=(state_file + ".lock", ready), daemon=True)
         holder.start()
         try:
-            assert ready.wait(WAIT)
+            assert ready.wait(BOUND)
             primary.set("refuse")
             assert session.get(primary.url + "/").json()["server"] == "secondary", "the request is not blocked"
             assert session.active_backend == secondary.url, "the switch is kept in memory"
             settle(session)  # the write behind was tried, and gave up on the lock
         finally:
             os.kill(holder.pid, signal.SIGKILL)
-            holder.join(WAIT)
+            holder.join(BOUND)
     assert read(state_file)["active"] == primary.url, "the file was not written without the lock"
     assert any("locked by another process" in r.getMessage() for r in caplog.records)
 
@@ -289,9 +292,9 @@ def test_process_killed_mid_write_leaves_a_valid_file(primary, secondary, state_
     ready = SPAWN.Event()
     writer = SPAWN.Process(target=_workers.die_mid_write, args=(backends, state_file, ready), daemon=True)
     writer.start()
-    assert ready.wait(WAIT), "the writer reached the point between temp write and replace"
+    assert ready.wait(BOUND), "the writer reached the point between temp write and replace"
     os.kill(writer.pid, signal.SIGKILL)
-    writer.join(WAIT)
+    writer.join(BOUND)
     document = read(state_file)  # the writer was clearing the selection: none of that shows
     assert document["active"] == primary.url and document["checked_at"] is not None, "the last complete file"
     with FailoverSession(backends, state_file=state_file) as session:
@@ -323,7 +326,7 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
             os._exit(code)
     selection._lock.release()
     os.close(write_end)
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -376,10 +379,7 @@ def test_stress_six_processes_four_threads_through_two_outages(primary, secondar
         p.start()
 
     def wait_for(count: int) -> None:
-        deadline = time.monotonic() + 120
-        while done.value < count:
-            assert time.monotonic() < deadline, f"stuck at {done.value} of {total} requests"
-            time.sleep(0.01)
+        wait_until(lambda: done.value >= count, f"{count} of {total} requests answered", bound=2 * BOUND)
 
     for fraction, mode in ((0.15, "refuse"), (0.35, "up"), (0.55, "refuse"), (0.75, "up")):
         wait_for(int(total * fraction))

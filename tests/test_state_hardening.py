@@ -30,9 +30,7 @@ from requests_failover import FailoverSession, _state
 from requests_failover._state import FileStore
 from requests_failover.testing import settle
 
-from .conftest import root
-
-BOUND = 60.0  # seconds: far above any real cost, so only a hang trips it
+from .conftest import BOUND, root
 
 
 def bounded(fn: Callable[[], Any]) -> Any:
