@@ -14,11 +14,21 @@ import pytest
 import requests
 
 from requests_failover import FailoverSession
-from requests_failover.testing import LoopbackBackend, is_testing, set_testing
+from requests_failover.testing import LoopbackBackend, is_testing, served_by, set_testing
 
 from .conftest import wait_until
 
 TIMEOUT = (5.0, 10.0)  # generous: a healthy loopback answer takes milliseconds
+
+
+def test_served_by_names_the_backend_that_answered_and_rejects_other_bodies(primary, secondary):
+    assert served_by(requests.get(primary.url + "/a", timeout=TIMEOUT)) == "primary"
+    assert served_by(requests.post(secondary.url + "/b", data=b"x", timeout=TIMEOUT)) == "secondary"
+    for body in (b"<html>no json</html>", b'{"name": "primary"}', b'["primary"]', b'{"server": 1}'):
+        other = requests.Response()
+        other._content = body
+        with pytest.raises(ValueError, match=r"^response: not a LoopbackBackend answer"):
+            served_by(other)
 
 
 def test_up_answers_json_and_counts_requests_probes_and_bodies(primary):
