@@ -105,6 +105,7 @@ def test_failback_is_fast_in_testing_mode_with_the_real_clock(primary, secondary
 def test_a_failure_is_written_before_the_request_returns_and_bookkeeping_behind(
     primary, secondary, tmp_path, monkeypatch
 ):
+    """Always: a failure is in the file before its request returns; a success never writes on the request's thread."""
     writers: List[str] = []
     real_write = _state.FileStore._write
 

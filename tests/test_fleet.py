@@ -156,6 +156,7 @@ def test_without_the_redis_client_the_error_names_the_extra(tmp_path):
 
 
 def test_one_machine_meets_a_black_hole_and_the_fleet_switches(primary, secondary, valkey, workers, tmp_path):
+    """Always: once one machine has switched, no other machine sends a request to the dead primary."""
     backends = [primary.url, secondary.url]
     machines = [
         Worker(backends, name, state_file=str(tmp_path / f"{name}.json"), state_store=valkey.url)
@@ -179,6 +180,7 @@ def test_one_machine_meets_a_black_hole_and_the_fleet_switches(primary, secondar
 
 
 def test_a_stale_selection_is_probed_by_one_machine_of_the_fleet(primary, secondary, valkey, workers, tmp_path):
+    """Always: one probe round for the fleet when its selection goes stale, every machine serving meanwhile."""
     backends = [primary.url, secondary.url]
     machines = [
         Worker(backends, f"m{i}", state_file=str(tmp_path / f"m{i}.json"), state_store=valkey.url) for i in range(4)
@@ -232,6 +234,7 @@ def run_requests(session: FailoverSession, url: str, count: int, failures: List[
 
 
 def test_store_killed_restarted_and_flushed_mid_run(primary, secondary, valkey, tmp_path, fast, caplog):
+    """Always: while a backend is up no request fails or waits for the store, whatever the store goes through."""
     backends = [primary.url, secondary.url]
     store = Recording.from_url(valkey.url)
     caplog.set_level(logging.WARNING, logger="requests_failover")
@@ -579,6 +582,7 @@ def test_rediss_verifies_the_server_certificate(primary, secondary, valkey, tmp_
 
 
 def test_concurrent_updates_of_machines_are_never_lost(valkey):
+    """Always: every machine's read-modify-write lands; concurrent updates of one document lose none."""
     from requests_failover import _pool
     from requests_failover._fleet import SharedStore
     from requests_failover._state import MemoryStore

@@ -208,6 +208,7 @@ def test_slow_start_zero_takes_the_primary_back_at_once(make_session: Make, prim
 
 
 def test_demotion_is_shared_between_processes(gray, secondary, tmp_path, workers: List[Worker]):
+    """Always: a backend one process demoted gets no request from another until its cool-down ends."""
     state_file = str(tmp_path / "state.json")
     backends = [gray.url, secondary.url]
     child = Worker(backends, "child", state_file=state_file, hedge_requests=False)

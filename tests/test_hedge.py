@@ -150,8 +150,11 @@ THREADS, EACH = 8, 20
 
 
 def test_after_a_lost_race_the_primary_is_suspect_until_its_connect_settles(primary, secondary, races):
-    # Always: a request opens a connect to the black-holed primary only while no race to it was lost
-    # yet; afterwards new connections go to the secondary at once until the pending connect settles.
+    """Always: once a race to the black-holed primary is lost, no new connect goes to it until that one settles.
+
+    A request opens a connect to the primary only while no race to it was lost yet; afterwards new
+    connections go to the secondary at once until the pending connect settles.
+    """
     with warm(primary, secondary) as session:
         primary.set("blackhole")  # every pooled connection dropped: each thread needs a new one
         start = threading.Barrier(THREADS)

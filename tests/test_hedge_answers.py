@@ -124,7 +124,7 @@ THREADS, EACH = 8, 3
 
 
 def test_under_saturation_the_budget_stops_hedging(primary, secondary):
-    # Always: hedges add at most the budget's reserve plus 5 % of the requests, never double the load.
+    """Always: hedges add at most the budget's reserve plus 5 % of the requests, never double the load."""
     with armed(primary, secondary) as session:
         primary.set(delay=1.5)
         secondary.set(delay=1.5)  # every answer slow everywhere: each request would ask for a hedge

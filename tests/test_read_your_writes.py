@@ -165,7 +165,9 @@ def gunicorn_app(tmp_path: Path, primary, secondary) -> Iterator[Callable[[str],
 
 
 def test_one_gunicorn_worker_discovers_an_outage_and_the_others_follow(gunicorn_app, primary, secondary):
-    """The workers' background threads are held (see APP): how soon a write behind would have
+    """Always: once one worker has met the outage, no other worker sends a request to the dead primary.
+
+    The workers' background threads are held (see APP): how soon a write behind would have
     landed does not decide the outcome; the discovering request itself published the outage."""
     get = gunicorn_app
     pids = set()

@@ -94,6 +94,7 @@ def test_fresh_process_with_fresh_selection_on_disk_sends_no_probe(primary, seco
 
 
 def test_stale_selection_is_probed_once_by_six_processes(primary, secondary, state_file, workers):
+    """Always: one probe round for all processes sharing a stale file, each serving from it meanwhile."""
     backends = [primary.url, secondary.url]
     with FailoverSession(backends, state_file=state_file) as session:
         session.get(primary.url + "/")
@@ -306,6 +307,7 @@ def test_process_killed_mid_write_leaves_a_valid_file(primary, secondary, state_
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_session_created_before_fork_works_in_the_child_even_with_locks_held(primary, secondary, state_file):
+    """Always: a session copied by fork() works in the child whatever lock a thread held, and the parent learns."""
     session = FailoverSession([primary.url, secondary.url], state_file=state_file)
     session.get(primary.url + "/")
     primary.set("refuse")
@@ -349,6 +351,7 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
 
 @pytest.mark.slow
 def test_stress_six_processes_four_threads_through_two_outages(primary, secondary, tertiary, state_file):
+    """Always: no request fails and the shared file never reads torn or foreign, through every outage."""
     backends = [primary.url, secondary.url]
     per_thread = 60
     total = 6 * 4 * per_thread
@@ -385,7 +388,7 @@ def test_stress_six_processes_four_threads_through_two_outages(primary, secondar
         wait_for(int(total * fraction))
         primary.set(mode)
     for p in procs:
-        p.join(120)
+        p.join(2 * BOUND)
     stop.set()
     watcher.join()
     reported = []
