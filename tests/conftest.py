@@ -6,10 +6,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import pytest
 
@@ -138,6 +140,17 @@ def wait_until(condition: Callable[[], bool], what: str, bound: float = BOUND) -
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.005)
+
+
+def cli(*args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m requests_failover ARGS`` (this checkout's) with ``env`` over this environment; text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "requests_failover", *args],
+        capture_output=True,
+        text=True,
+        timeout=2 * BOUND,  # a fresh interpreter per call: room for a slow start on a loaded machine
+        env={**os.environ, **(env or {})},
+    )
 
 
 def root() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,16 +13,8 @@ import pytest
 
 from requests_failover import FailoverSession
 
-
-def run(*args: str, env_extra: dict = {}) -> subprocess.CompletedProcess:  # noqa: B006 - read only
-    env = {**os.environ, **env_extra}
-    return subprocess.run(
-        [sys.executable, "-m", "requests_failover", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+from .conftest import BOUND
+from .conftest import cli as run
 
 
 def assert_usage_error(result: subprocess.CompletedProcess) -> None:
@@ -127,12 +118,12 @@ def test_demo_shows_failover_and_the_automatic_failback_and_exits_0():
 
 @pytest.mark.skipif(shutil.which("requests-failover") is None, reason="console script not installed (plain checkout)")
 def test_console_script_is_installed():
-    result = subprocess.run(["requests-failover", "--version"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["requests-failover", "--version"], capture_output=True, text=True, timeout=BOUND)
     assert result.returncode == 0 and "requests-failover" in result.stdout
 
 
 def test_status_says_when_development_mode_replaces_the_urls(primary, secondary):
-    result = run("status", "https://prod.example", env_extra={"REQUESTS_FAILOVER_BACKENDS": secondary.url})
+    result = run("status", "https://prod.example", env={"REQUESTS_FAILOVER_BACKENDS": secondary.url})
     assert result.returncode == 0, result.stderr
     assert "development mode" in result.stdout and secondary.url in result.stdout
 

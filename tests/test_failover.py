@@ -13,7 +13,7 @@ import requests
 from requests_failover import AllBackendsFailed, FailoverSession, SwitchEvent
 from requests_failover.testing import LoopbackBackend, served_by, settle
 
-from .conftest import Clock
+from .conftest import BOUND, Clock
 
 Make = Callable[..., FailoverSession]
 
@@ -448,7 +448,7 @@ def test_threads_hammering_one_session_through_a_switch(make_session: Make, prim
     halfway.wait()
     primary.set("refuse")
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=BOUND)
     assert errors == []
     assert statuses == [200] * 320
     assert session.active_backend == secondary.url
@@ -469,7 +469,7 @@ def test_stale_selection_is_probed_by_one_thread(make_session: Make, primary, se
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=BOUND)
     settle(session)
     assert len(primary.hits(health=True)) - probes_before == 1
 

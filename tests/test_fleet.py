@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from requests_failover._state import FORMAT_VERSION
 from requests_failover.testing import set_testing, settle
 
 from ._valkey import ValkeyServer
-from .conftest import BOUND, Worker, wait_until
+from .conftest import BOUND, Worker, cli, wait_until
 from .test_shared_state import hits_from
 
 PASSWORD = "s3cret-Pa55word"
@@ -437,16 +436,6 @@ def test_password_from_the_environment_and_the_least_rights_acl_user(
 
 
 # -- the command line -------------------------------------------------------------------------------------------
-
-
-def cli(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "requests_failover", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_cli_status_reset_and_check_take_the_state_url(primary, secondary, secured, tmp_path):

@@ -20,7 +20,7 @@ from requests_failover._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT
 from requests_failover.testing import LoopbackBackend, served_by, set_testing, settle
 
 from ._workers import Answer
-from .conftest import Clock, Worker, wait_until
+from .conftest import BOUND, Clock, Worker, wait_until
 
 Make = Callable[..., FailoverSession]
 
@@ -145,7 +145,7 @@ def test_one_trial_at_a_time_while_others_keep_away(make_session: Make, gray, se
     wait_until(lambda: len(gray.requests) == api_hits + 1, "the trial request reached the primary")
     # whether the trial is still in flight or already answered (slow: demoted again), nobody else goes there
     assert served(session, gray.url, 5) == ["secondary"] * 5
-    thread.join(60)
+    thread.join(BOUND)
     assert trial == ["primary"]
     assert len(gray.requests) == api_hits + 1
 

@@ -19,6 +19,8 @@ from requests.adapters import HTTPAdapter
 
 from requests_failover import FailoverSession
 
+from .conftest import BOUND
+
 
 def _warm(session: FailoverSession, primary) -> None:
     assert session.get(primary.url + "/warm-up").json()["server"] == "primary"
@@ -190,9 +192,9 @@ def test_forked_children_never_share_the_parents_connections(primary, secondary,
         children = [ctx.Process(target=_child, args=(primary.url, results)) for _ in range(3)]
         for child in children:
             child.start()
-        reports = [results.get(timeout=60) for _ in children]
+        reports = [results.get(timeout=BOUND) for _ in children]
         for child in children:
-            child.join(timeout=60)
+            child.join(timeout=BOUND)
             assert child.exitcode == 0
         _forked_session = None
         for pid, wrong, failures, active in reports:

@@ -19,7 +19,7 @@ import pytest
 from requests_failover import AttemptEvent, FailoverSession, ProbeEvent, Status, SwitchEvent
 from requests_failover.testing import settle
 
-from .conftest import BOUND
+from .conftest import BOUND, cli
 
 Make = Callable[..., FailoverSession]
 
@@ -325,11 +325,6 @@ def test_status_keys_are_the_typed_dicts(make_session: Make, primary, secondary)
 # -- the command line ------------------------------------------------------------------------------------
 
 
-def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "requests_failover", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=BOUND, **kwargs)
-
-
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -349,7 +344,7 @@ def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
     ],
 )
 def test_every_bad_argument_is_one_line_and_exit_2(args, named):
-    result = _cli(*args)
+    result = cli(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr, result.stderr
@@ -384,7 +379,6 @@ def test_status_watch_redraws_in_a_terminal_until_ctrl_c(primary, secondary, tmp
 
 
 def test_status_watch_is_plain_text_when_not_a_terminal(primary, secondary, tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    result = _cli("status", "--watch", "--count", "2", primary.url, secondary.url, env=env)
+    result = cli("status", "--watch", "--count", "2", primary.url, secondary.url, env={"XDG_CACHE_HOME": str(tmp_path)})
     assert result.returncode == 0 and "\x1b" not in result.stdout
     assert result.stdout.count("active:") == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import requests
 from requests_failover import FailoverSession
 from requests_failover.testing import served_by
 
+from ._valkey import free_port
 from .conftest import BOUND, background_paused, wait_until
 
 
@@ -110,12 +110,6 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, List
 from urllib.parse import quote, unquote
@@ -21,6 +18,7 @@ import pytest
 from requests_failover import FailoverSession, RedisStore
 
 from ._valkey import ValkeyServer, free_port
+from .conftest import cli
 
 # -- secrets never printed ----------------------------------------------------------------------------------------
 
@@ -50,16 +48,6 @@ def assert_absent(password: str, text: str) -> None:
     for form in spellings(password):
         assert form not in text, f"{form!r} printed in {text!r}"
     assert "Zx9" not in text
-
-
-def cli(*args: str, env: object = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "requests_failover", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},  # type: ignore[dict-item]
-    )
 
 
 @pytest.mark.parametrize("password", HOSTILE_PASSWORDS)

@@ -16,7 +16,7 @@ import requests
 from requests_failover import FailoverSession
 from requests_failover.testing import LoopbackBackend, is_testing, served_by, set_testing
 
-from .conftest import wait_until
+from .conftest import BOUND, wait_until
 
 TIMEOUT = (5.0, 10.0)  # generous: a healthy loopback answer takes milliseconds
 
@@ -175,7 +175,7 @@ def test_tail_slows_exactly_every_nth_api_answer_and_never_a_health_check(primar
     assert len(primary.probes) == 12, "health checks are not counted as API requests"
     primary.close()  # releases the held answers unanswered
     for p in pending.values():
-        p.thread.join(60)
+        p.thread.join(BOUND)
     assert all(p.done.is_set() for p in pending.values())
 
 
@@ -189,7 +189,7 @@ def test_api_delay_holds_the_api_while_health_checks_answer_at_once(primary):
     primary.set(api_delay=0)
     assert requests.get(primary.url + "/api/next", timeout=TIMEOUT).json()["path"] == "/api/next"
     primary.close()
-    held.thread.join(60)
+    held.thread.join(BOUND)
     assert held.answer is None
 
 
