@@ -33,7 +33,7 @@ from typing import Callable, Dict, Optional, Tuple, TypedDict
 from . import _redact as redact
 from . import _runtime
 from ._background import EXIT_WAIT, WORKER
-from ._pool import State
+from ._policy import State
 from ._state import FileStore, MemoryStore, Update, complain_once, decode, encode, namespace
 from .store import ENV_STATE_PASSWORD as ENV_STATE_PASSWORD  # re-exported: the CLI reads it here
 from .store import StateStore

@@ -24,7 +24,7 @@ import requests
 from requests.auth import HTTPBasicAuth
 
 from ._config import Backend
-from ._pool import ProbeResult, select_from_probes
+from ._policy import ProbeResult, select_from_probes
 
 log = logging.getLogger("requests_failover")
 

@@ -1,6 +1,6 @@
 """The live selection of one adapter: state in memory, persisted, probed, observed.
 
-This is where the pure logic (:mod:`._pool`), persistence (:mod:`._state`)
+This is where the pure logic (:mod:`._policy`), persistence (:mod:`._state`)
 and probing (:mod:`._health`) meet. It is thread-safe: updates serialise on
 one lock (never held while sending a request or a probe), reads are a plain
 attribute load, and one stale selection is probed by one thread of one
@@ -19,12 +19,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, TypedDict, Union
 
-from . import _pool, _runtime
+from . import _policy, _runtime
 from ._background import WORKER
 from ._config import Backend, Options
 from ._fleet import SharedStore, StoreStatus, resolve
 from ._health import Sender, lacks_health_endpoint, probe, probe_all
-from ._pool import ProbeResult, State
+from ._policy import ProbeResult, State
 from ._state import FileStore, MemoryStore, Update, claim_is_void, open_store, owner_token
 from .events import DemotionEvent, ProbeEvent, SwitchEvent, emit
 
@@ -154,7 +154,7 @@ class Selection:
     def plan(self) -> List[Backend]:
         """The order of backends for one request (cached until the state or the time it depends on changes).
 
-        Demoted backends come after the others (:func:`._pool.ranked_plan`),
+        Demoted backends come after the others (:func:`._policy.ranked_plan`),
         but for one trial request per process once a cool-down is over; while
         the first backend is in its slow start, it comes first only for its
         share of requests (one random draw per request).
@@ -164,7 +164,7 @@ class Selection:
         if cached is None or cached.state is not state or now >= cached.until or _stepped_back(cached.until, now):
             cached = self._plan_for(self._clamped(state, now), now)
         if cached.other is not None:
-            share = _pool.slow_start_share(cached.ramping, now, cached.window)
+            share = _policy.slow_start_share(cached.ramping, now, cached.window)
             if share is not None and self._speed.dice().random() >= share:
                 return cached.other
         return cached.order
@@ -173,17 +173,17 @@ class Selection:
         """Compute the plan of ``state`` at ``now``; cache it unless a trial is due (a per-request choice)."""
         options = self._options
         trial: Optional[str] = None
-        due = _pool.trial_due(state, now) if options.demote_slow else None
+        due = _policy.trial_due(state, now) if options.demote_slow else None
         if due is not None and self._speed.claim_trial(due, state.record(due).demoted_until, now):
             trial = due
-        urls = _pool.ranked_plan(state, now, trial) if options.demote_slow else _pool.plan(state, now)
+        urls = _policy.ranked_plan(state, now, trial) if options.demote_slow else _policy.plan(state, now)
         order = [self._by_url[url] for url in urls]
         # the plan depends on time only through the down/hold/cool-down times still ahead
         ahead = [t for h in state.health.values() for t in (h.down_until, h.hold_until, h.demoted_until) if t > now]
         first = state.record(urls[0])
         window = options.slow_start * self._speed.dice_jitter()
         other: Optional[List[Backend]] = None
-        if trial is None and len(urls) > 1 and _pool.slow_start_share(first, now, window) is not None:
+        if trial is None and len(urls) > 1 and _policy.slow_start_share(first, now, window) is not None:
             second = state.record(urls[1])
             if second.available(now) and not (options.demote_slow and second.demoted()):
                 other = [order[1], order[0], *order[2:]]
@@ -194,10 +194,10 @@ class Selection:
         return plan
 
     def _clamped(self, state: State, now: float) -> State:
-        """``state``, its times clamped to the horizon if the clock stepped back (see :func:`_pool.clamp`)."""
-        if _pool.clamp(state, now) is state:
+        """``state``, its times clamped to the horizon if the clock stepped back (see :func:`_policy.clamp`)."""
+        if _policy.clamp(state, now) is state:
             return state
-        self._update(lambda s: _pool.clamp(s, self._clock()), "the clock stepped back")
+        self._update(lambda s: _policy.clamp(s, self._clock()), "the clock stepped back")
         return self._state
 
     # -- freshness: the request path never waits for a probe once anything is known ----
@@ -304,7 +304,7 @@ class Selection:
         def late(result: ProbeResult) -> None:
             if not self._closed:
                 self._update(
-                    lambda s: _pool.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
+                    lambda s: _policy.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
                     reason,
                 )
 
@@ -327,7 +327,7 @@ class Selection:
         )
         if not self._closed:
             self._update(
-                lambda s: _pool.apply_probes(s, results, self._clock(), select=True, threshold=threshold), reason
+                lambda s: _policy.apply_probes(s, results, self._clock(), select=True, threshold=threshold), reason
             )
 
     # -- background work (called by the worker thread) ------------------------------------
@@ -361,7 +361,7 @@ class Selection:
             else:  # another machine holds the round's lease: look again soon
                 due = min(due, now + _runtime.interval(1.0))
         scale = _runtime.interval(1.0)
-        for url, at in _pool.probes_due(state, now, self._options.healthy_threshold).items():
+        for url, at in _policy.probes_due(state, now, self._options.healthy_threshold).items():
             if url in self._probing:
                 continue
             health = state.record(url)
@@ -401,7 +401,7 @@ class Selection:
             if not self._closed:
                 threshold = self._options.healthy_threshold
                 self._update(
-                    lambda s: _pool.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
+                    lambda s: _policy.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
                     f"{url} is healthy again",
                 )
         finally:
@@ -436,7 +436,7 @@ class Selection:
         """
         log.warning("backend %s marked down: %s", backend.url, error)
         self._update(
-            lambda s: _pool.mark_failed(s, backend.url, error, self._clock(), retry_after),
+            lambda s: _policy.mark_failed(s, backend.url, error, self._clock(), retry_after),
             error,
             wake=False,  # the write is ours: the background thread would only contend for it
         )
@@ -446,7 +446,7 @@ class Selection:
     def record_success(self, backend: Backend, latency: Optional[float] = None) -> None:
         """``backend`` answered, ``latency`` seconds after the request was sent (None: not measured).
 
-        The latency feeds this process's demotion rule (:mod:`._pool`): a
+        The latency feeds this process's demotion rule (:mod:`._policy`): a
         few float operations, no lock, no write unless a demotion begins or ends.
         """
         if latency is not None and self._options.demote_slow:
@@ -456,9 +456,9 @@ class Selection:
             health = state.health.get(backend.url)
             if health is not None and health.healthy is True and health.consecutive_failures == 0:
                 return  # the hot path: the selected backend answered, as expected
-        if _pool.mark_succeeded(state, backend.url, self._clock()) is state:
+        if _policy.mark_succeeded(state, backend.url, self._clock()) is state:
             return  # the common case: nothing changed, nothing written
-        self._update(lambda s: _pool.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
+        self._update(lambda s: _policy.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
 
     def record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
         """``backend`` was given up on after ``seconds``: a lower bound of a latency never seen.
@@ -481,8 +481,8 @@ class Selection:
         books = self._speed.latency
         stats = books[url]
         average = stats.ewma
-        if slow is None and seconds <= _pool.FAST_ENOUGH:  # below every bound the rule can compute
-            stats.ewma = seconds if average is None else average + _pool.EWMA_ALPHA * (seconds - average)
+        if slow is None and seconds <= _policy.FAST_ENOUGH:  # below every bound the rule can compute
+            stats.ewma = seconds if average is None else average + _policy.EWMA_ALPHA * (seconds - average)
             stats.streak = 0
             health = self._state.health.get(url)
             if health is None or health.demotion_reason is None:
@@ -491,9 +491,9 @@ class Selection:
         for other, other_stats in books.items():
             if other != url and other_stats.ewma is not None and (best is None or other_stats.ewma < best):
                 best = other_stats.ewma
-        bound = _pool.slow_bound(best)
+        bound = _policy.slow_bound(best)
         is_slow = slow is not None or seconds > bound
-        stats.ewma = _pool.ewma(average, seconds)
+        stats.ewma = _policy.ewma(average, seconds)
         stats.streak = stats.streak + 1 if is_slow else 0
         health = self._state.record(url)
         if not is_slow and not health.demoted():
@@ -517,12 +517,12 @@ class Selection:
             return
         if slow is not None and slow != SLOW_HEDGE_LOST:
             self._demote(url, why, now)
-        elif stats.streak >= _pool.SLOW_STREAK:
+        elif stats.streak >= _policy.SLOW_STREAK:
             self._demote(url, f"{stats.streak} slow answers in a row (last: {why})", now)
 
     def _demote(self, url: str, why: str, now: float) -> None:
         def demote(s: State) -> State:
-            return _pool.demote(s, url, why, now) if _pool.can_demote(s, url, now) else s
+            return _policy.demote(s, url, why, now) if _policy.can_demote(s, url, now) else s
 
         after = demote(self._state).record(url)
         if after is self._state.record(url):
@@ -537,7 +537,7 @@ class Selection:
         if not self._state.record(url).demoted():
             return
         log.info("backend %s trusted again: %s", url, why)
-        self._update(lambda s: _pool.restore(s, url, now), f"{url} trusted again: {why}")
+        self._update(lambda s: _policy.restore(s, url, now), f"{url} trusted again: {why}")
         self._emit(DemotionEvent(url, False, why, None, 0, now))
 
     def _emit(self, event: DemotionEvent) -> None:
@@ -733,7 +733,7 @@ class Selection:
     def status(self) -> Status:
         state = self.sync()
         now = self._clock()
-        due = _pool.probes_due(state, now, self._options.healthy_threshold)
+        due = _policy.probes_due(state, now, self._options.healthy_threshold)
         stale_at = state.checked_at + self._options.cache_ttl if state.checked_at is not None else None
         window = self._options.slow_start * self._speed.dice_jitter()
         backends: List[BackendStatus] = []
@@ -752,7 +752,7 @@ class Selection:
                     "health_endpoint": self._endpoints.get(url),
                     "demoted_until": health.demoted_until if demoted else None,
                     "demotion_reason": health.demotion_reason if demoted else None,
-                    "slow_start_share": _pool.slow_start_share(health, now, window),
+                    "slow_start_share": _policy.slow_start_share(health, now, window),
                 }
             )
         return {
@@ -774,7 +774,7 @@ def _apply(updates: Iterable[Update], state: State) -> State:
 
 
 class _Latency:
-    """One backend's answers as this process saw them (memory only: see :mod:`._pool`)."""
+    """One backend's answers as this process saw them (memory only: see :mod:`._policy`)."""
 
     __slots__ = ("ewma", "streak")
 
@@ -834,13 +834,13 @@ class _Plan(NamedTuple):
     until: float
     order: List[Backend]
     other: Optional[List[Backend]]  # slow start: the order when the ramping first backend is not chosen
-    ramping: _pool.Health  # the first backend's record (its recovered_at)
+    ramping: _policy.Health  # the first backend's record (its recovered_at)
     window: float  # seconds of this process's slow start
 
 
 def _stepped_back(until: float, now: float) -> bool:
     """Whether ``until`` lies further ahead than any time the library writes: the clock stepped back."""
-    return now + _pool.FURTHEST < until < INF
+    return now + _policy.FURTHEST < until < INF
 
 
 def _interrupt(threads: Iterable[threading.Thread]) -> None:

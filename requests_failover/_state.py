@@ -53,12 +53,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple, Union
 
 from filelock import FileLock, Timeout
 
 from . import _runtime
-from ._pool import DEMOTE_CAP, DOWN_CAP, RETRY_AFTER_CAP, Health, State
+from ._policy import DEMOTE_CAP, DOWN_CAP, RETRY_AFTER_CAP, Health, State
 
 log = logging.getLogger("requests_failover")
 
@@ -157,9 +157,15 @@ def encode(state: State) -> bytes:
         "checked_at": state.checked_at,
         "probing_until": state.probing_until,
         "probing_by": state.probing_by,
-        "health": {url: dataclasses.asdict(h) for url, h in state.health.items()},
+        "health": {url: {name: getattr(h, name) for name in _HEALTH_FIELDS} for url, h in state.health.items()},
     }
-    return json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
+    # One line, no indent: json's C encoder (an indent means its pure-Python one, several
+    # times slower on a request that publishes an outage).
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+#: The fields of a backend's record, in the file (its values are numbers, strings and None: no copy needed).
+_HEALTH_FIELDS = tuple(field.name for field in dataclasses.fields(Health))
 
 
 # -- validation of a stored document: every field to its type and range ----------------------
@@ -449,20 +455,40 @@ class FileStore(_Local):
             return fn(current)
         with self._thread_lock:
             try:
-                self._prepare_directory()
-                with self._lock():
-                    base = self._read(current.backends, now) or current
-                    new = fn(base)
-                    if new is not base:
-                        self._write(new)
-                    return new
+                try:
+                    return self._update_locked(fn, current, now)
+                except OSError:
+                    if not _PREPARED.forget(self._path):
+                        raise
+                    # prepared earlier in this process: the directory or the lock file may be
+                    # gone since (removed by hand, a cache cleaner); prepare again, once
+                    return self._update_locked(fn, current, now)
             except Timeout:
                 log.warning("state file %s is locked by another process; keeping this update in memory", self._path)
                 return fn(current)
             except (OSError, _Unsafe) as exc:
                 log.warning("state file %s is not usable (%s); keeping the selection in memory only", self._path, exc)
+                _PREPARED.forget(self._path)
                 self._path = None
                 return fn(current)
+
+    def _update_locked(self, fn: Update, current: State, now: float) -> State:
+        """Read-modify-write under the file lock, the directory prepared once per process and path.
+
+        And again when the state file is missing (one ``lstat``): the directory
+        may have been removed since, and filelock would create it with the
+        umask's mode, not ours.
+        """
+        assert self._path is not None
+        if _PREPARED.needed(self._path) or _stamp(self._path) is None:
+            self._prepare_directory()
+            _PREPARED.done(self._path)
+        with self._lock():
+            base = self._read(current.backends, now) or current
+            new = fn(base)
+            if new is not base:
+                self._write(new)
+            return new
 
     def _prepare_directory(self) -> None:
         """Create the directory and the lock file; refuse what another user could redirect.
@@ -517,10 +543,11 @@ class FileStore(_Local):
                 self._next_sweep = now + SWEEP_EVERY
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(encode(state))
-                    handle.flush()
-                    stat = os.fstat(handle.fileno())
+                try:  # a plain write: a file object would cost an ioctl, a seek and an fstat more
+                    _write_all(fd, encode(state))
+                    stat = os.fstat(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, self._path)
             except BaseException:
                 try:
@@ -552,6 +579,46 @@ def complain_once(complained: bool, message: str) -> bool:
     """Log ``message`` as a warning the first time, then at debug level; return True."""
     log.log(logging.DEBUG if complained else logging.WARNING, message)
     return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Prepared:
+    """The state paths whose directory and lock file this process has checked (see ``_prepare_directory``).
+
+    Checked once per process and path, not on every write (seven system calls
+    on a request that publishes an outage): what the check guards against
+    cannot come later, as a directory writable by others is used only if it
+    is sticky, so nobody else can replace our lock file afterwards. After an
+    error, or when the state file is gone, the path is checked again (the
+    directory may have been removed).
+    """
+
+    def __init__(self) -> None:
+        self._paths: Set[Tuple[int, str]] = set()
+        self._lock = threading.Lock()
+
+    def needed(self, path: str) -> bool:
+        return (os.getpid(), path) not in self._paths
+
+    def done(self, path: str) -> None:
+        with self._lock:
+            self._paths.add((os.getpid(), path))
+
+    def forget(self, path: Optional[str]) -> bool:
+        """Check ``path`` again next time; whether it had been checked."""
+        with self._lock:
+            key = (os.getpid(), path or "")
+            known = key in self._paths
+            self._paths.discard(key)
+            return known
+
+
+_PREPARED = _Prepared()
 
 
 class _Unsafe(Exception):

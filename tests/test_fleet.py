@@ -572,7 +572,7 @@ def test_rediss_verifies_the_server_certificate(primary, secondary, valkey, tmp_
 
 def test_concurrent_updates_of_machines_are_never_lost(valkey):
     """Always: every machine's read-modify-write lands; concurrent updates of one document lose none."""
-    from requests_failover import _pool
+    from requests_failover import _policy
     from requests_failover._fleet import SharedStore
     from requests_failover._state import MemoryStore
 
@@ -584,7 +584,7 @@ def test_concurrent_updates_of_machines_are_never_lost(valkey):
     def count_failures(layer: SharedStore, url: str) -> None:
         start.wait()
         for _ in range(25):  # each a read-modify-write of the whole document
-            layer.update(lambda s: _pool.mark_failed(s, url, "x", time.time()), _pool.State(backends), time.time())
+            layer.update(lambda s: _policy.mark_failed(s, url, "x", time.time()), _policy.State(backends), time.time())
 
     threads = [threading.Thread(target=count_failures, args=pair) for pair in zip(layers, backends)]
     for thread in threads:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from requests_failover import DemotionEvent, FailoverSession
-from requests_failover import _pool as pool
+from requests_failover import _policy as pool
 from requests_failover._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT
 from requests_failover.testing import LoopbackBackend, served_by, set_testing, settle
 

@@ -17,7 +17,7 @@ from urllib3.exceptions import (
 )
 
 from requests_failover import AllBackendsFailed
-from requests_failover import _pool as pool
+from requests_failover import _policy as pool
 from requests_failover._retry import RetryBudget, Verdict, backoff, classify, retry_after
 from requests_failover.exceptions import all_failed_type
 
@@ -228,7 +228,7 @@ def test_error_descriptions_keep_the_message_not_the_connection_object():
     assert describe_error(requests.exceptions.ReadTimeout("x")) == "ReadTimeout (x)"
 
 
-# -- latency-aware demotion and slow start (the rules in _pool's docstring) ----------------------------
+# -- latency-aware demotion and slow start (the rules in _policy's docstring) ----------------------------
 
 BOUNDS = [
     # the best other backend's EWMA (s), the bound (s): 4 x it, at least 0.25 s more, 1 s with no samples

@@ -476,3 +476,28 @@ def test_random_documents_never_raise_anywhere(primary, secondary, state_dir):
     finally:
         session.close()
     assert served <= {"primary", "secondary"} and served
+
+
+def test_the_directory_is_checked_once_per_process_and_again_after_an_error(tmp_path, monkeypatch):
+    # Checking on every write cost a request that publishes an outage seven system calls.
+    from requests_failover._policy import State, mark_failed
+
+    checks: List[str] = []
+    original = FileStore._prepare_directory
+
+    def counted(self: FileStore) -> None:
+        checks.append(str(self.location))
+        original(self)
+
+    monkeypatch.setattr(FileStore, "_prepare_directory", counted)
+    path = tmp_path / "sub" / "state.json"
+    store = FileStore(str(path))
+    state = State(("http://a", "http://b"))
+    for n in range(3):
+        state = store.update(lambda s, n=n: mark_failed(s, "http://a", f"refused {n}", 100.0 + n), state, 100.0 + n)
+    assert checks == [str(path)]
+    shutil.rmtree(path.parent)  # removed behind our back: the next write prepares it again
+    store.update(lambda s: mark_failed(s, "http://a", "refused again", 200.0), state, 200.0)
+    assert checks == [str(path), str(path)]
+    assert store.persistent
+    assert json.loads(path.read_bytes())["health"]["http://a"]["last_error"] == "refused again"
