@@ -23,7 +23,7 @@ from . import _runtime
 
 log = logging.getLogger("requests_failover")
 
-#: Longest sleep between two rounds (seconds), whatever is due.
+#: Longest sleep between two passes (seconds), whatever is due.
 IDLE_WAIT = 30.0
 #: In testing mode with a test clock, the thread looks at that clock this often (real seconds).
 TEST_POLL = 0.005
@@ -53,7 +53,7 @@ class Worker:
         self._thread: Optional[threading.Thread] = None
         self._woken = False
         self._stopping = False
-        self.rounds = 0  # rounds completed (testing.settle waits on it)
+        self.passes = 0  # passes over the selections completed (testing.settle waits on it)
 
     def _after_fork(self) -> None:
         clients = list(self._clients)
@@ -73,7 +73,7 @@ class Worker:
             self._clients.discard(client)
 
     def wake(self) -> None:
-        """Run a round now (a write to flush, a probe result to act on)."""
+        """Run a pass now (a write to flush, a probe result to act on)."""
         with self._cond:
             if len(self._clients):
                 self._start()
@@ -91,8 +91,8 @@ class Worker:
 
         multiprocessing.util.Finalize(self, self._at_exit, exitpriority=10)
 
-    def _round(self) -> float:
-        """One round over the registered selections; the earliest next due time."""
+    def _pass(self) -> float:
+        """One pass over the registered selections (each does what is due); the earliest next due time."""
         with self._cond:
             clients = list(self._clients)
             self._woken = False
@@ -105,12 +105,12 @@ class Worker:
                 continue
             if next_due is not None:
                 due = min(due, next_due)
-        self.rounds += 1
+        self.passes += 1
         return due  # the references to the selections end with this frame
 
     def _run(self) -> None:
         while not self._stopping:
-            due = self._round()
+            due = self._pass()
             with self._cond:
                 if self._woken or self._stopping:
                     continue

@@ -34,7 +34,7 @@ from . import _redact as redact
 from . import _runtime
 from ._background import EXIT_WAIT, WORKER
 from ._policy import State
-from ._state import FileStore, MemoryStore, Update, complain_once, decode, encode, namespace
+from ._state import FileStore, Lease, MemoryStore, Update, complain_once, decode, encode, namespace
 from .store import ENV_STATE_PASSWORD as ENV_STATE_PASSWORD  # re-exported: the CLI reads it here
 from .store import StateStore
 
@@ -390,17 +390,17 @@ class SharedStore:
         self._local.update(lambda _: state, State(self._backends), _runtime.now())
 
     # -- leases ------------------------------------------------------------------------------------------
-    def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:
-        """Take a lease in the store; None when the store is away (the local claim decides then)."""
+    def lease(self, name: str, owner: str, seconds: float) -> Lease:
+        """Take a lease in the store; ``Lease.LOCAL`` when the store is away (the local claim decides then)."""
         if self._breaker.wait() > 0 or self._closed:
-            return None
+            return Lease.LOCAL
         try:
             taken = self.remote.lease(self.name, name, owner, seconds)
         except Exception as exc:
             self._breaker.failed(exc)
-            return None
+            return Lease.LOCAL
         self._breaker.succeeded()
-        return taken
+        return Lease.TAKEN if taken else Lease.HELD
 
     def release(self, name: str, owner: str) -> None:
         if self._breaker.wait() > 0:

@@ -14,6 +14,7 @@ answer below 500 counts as up. That is said once per backend at WARNING.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -23,13 +24,65 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 import requests
 from requests.auth import HTTPBasicAuth
 
-from ._config import Backend
+from ._config import Backend, Options
 from ._policy import ProbeResult, select_from_probes
 
 log = logging.getLogger("requests_failover")
 
 #: Sends one prepared request: ``send(request, timeout=..., **kwargs) -> Response``.
 Sender = Callable[..., requests.Response]
+#: Probes race after this many hedge delays (their answer, not just their connect, is awaited).
+PROBE_RACE_FACTOR = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """How a backend is probed: what of the adapter's :class:`.Options` a probe needs, derived once.
+
+    ``race_after``: seconds after which a backend that answered healthy
+    decides a probe round even while backends of higher priority have not
+    answered (None: never). A probe's answer takes a connect and a request,
+    so it is ``PROBE_RACE_FACTOR`` hedge delays (1 s by default): a primary
+    that is merely far away or busy is not raced.
+    """
+
+    paths: Tuple[str, ...]
+    timeout: float
+    check: Optional[Callable[[requests.Response], bool]]
+    headers: Tuple[Tuple[str, str], ...]
+    race_after: Optional[float]
+
+    @classmethod
+    def of(cls, options: Options) -> ProbeConfig:
+        hedge = options.hedge_delay
+        return cls(
+            paths=options.health_paths,
+            timeout=options.health_timeout,
+            check=options.health_check,
+            headers=options.health_headers,
+            race_after=None if hedge is None else PROBE_RACE_FACTOR * hedge,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """The transport settings every background probe of an adapter is sent with.
+
+    A probe has no request of its own to take ``verify``, ``cert`` and
+    ``proxies`` from: the background probes of an adapter use those of the
+    first request it sent (again after ``close()`` or a fork, when it starts
+    background work anew). An adapter whose requests pass different TLS or
+    proxy settings probes with the first ones; the proxies are then decided
+    per probed backend (``FailoverAdapter._probe_send``). ``force_refresh``
+    probes with its own keyword arguments instead.
+    """
+
+    send_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of_request(cls, send_kwargs: Mapping[str, Any]) -> ProbeSettings:
+        """The settings of a request (a copy: the caller's mapping may change)."""
+        return cls(dict(send_kwargs))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -215,20 +268,17 @@ def _read_limited(response: requests.Response) -> None:
 
 def probe_all(
     backends: Sequence[Backend],
-    paths: Sequence[str],
-    timeout: float,
+    config: ProbeConfig,
     send: Sender,
     send_kwargs: Optional[Mapping[str, Any]] = None,
+    *,
     hold: Optional[Mapping[str, float]] = None,
     now: float = 0.0,
     on_late: Optional[Callable[[ProbeResult], None]] = None,
     spawn: Optional[Callable[[Callable[[], None]], None]] = None,
-    check: Optional[Callable[[requests.Response], bool]] = None,
-    headers: Sequence[Tuple[str, str]] = (),
     observe: Optional[Callable[[ProbeResult], None]] = None,
-    hedge_delay: Optional[float] = None,
 ) -> List[ProbeResult]:
-    """Probe every backend concurrently; return once the selection is decided.
+    """Probe every backend concurrently, as ``config`` says; return once the selection is decided.
 
     The return comes as soon as a backend answered healthy and every backend
     before it in priority order answered unhealthy (so a healthy primary is
@@ -236,12 +286,13 @@ def probe_all(
     ``on_late`` when they finish. ``spawn`` starts each probe's thread (the
     caller tracks them, to wait for them at close).
 
-    With ``hedge_delay``, probes race as connects do: once that long has
-    passed, a backend that answered healthy decides even while backends of
-    higher priority have not answered yet (a black-holed primary's probe
+    With ``config.race_after``, probes race as connects do: once that long
+    has passed, a backend that answered healthy decides even while backends
+    of higher priority have not answered yet (a black-holed primary's probe
     waits its whole timeout); their late results can take the selection back.
     """
     order = [b.url for b in backends]
+    race_after = config.race_after
     results: Dict[str, ProbeResult] = {}
     lock = threading.Lock()
     changed = threading.Condition(lock)
@@ -250,7 +301,9 @@ def probe_all(
     def run(backend: Backend) -> None:
         nonlocal returned
         try:
-            result = probe(backend, paths, timeout, send, send_kwargs, check=check, headers=headers)
+            result = probe(
+                backend, config.paths, config.timeout, send, send_kwargs, check=config.check, headers=config.headers
+            )
         except BaseException as exc:  # pragma: no cover - probe() catches Exception
             result = ProbeResult(backend.url, False, error=describe_error(exc))
         if observe is not None:
@@ -273,9 +326,9 @@ def probe_all(
     started = time.monotonic()
     with changed:
         while len(results) < len(order):
-            racing = hedge_delay is not None and time.monotonic() - started >= hedge_delay
+            racing = race_after is not None and time.monotonic() - started >= race_after
             if select_from_probes(order, results, hold or {}, now, skip_pending=racing) is not None:
                 break
-            changed.wait(None if hedge_delay is None or racing else hedge_delay)
+            changed.wait(None if race_after is None or racing else race_after)
         returned = True
         return [results[u] for u in order if u in results]

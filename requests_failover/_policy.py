@@ -272,8 +272,15 @@ def mark_failed(state: State, url: str, error: str, now: float, retry_after: Opt
 
 
 def mark_succeeded(state: State, url: str, now: float) -> State:
-    """``url`` answered a request: healthy again; selected if the current one is down."""
+    """``url`` answered a request: healthy again; selected if the current one is down.
+
+    Returns ``state`` itself when nothing changes (the caller then writes
+    nothing): first of all, cheaply, when the selected backend answered as
+    expected, the hot path of every request.
+    """
     old = state.record(url)
+    if old.healthy is True and old.consecutive_failures == 0 and url == state.current():
+        return state
     active = state.active
     current = state.record(state.current())
     if state.current() != url and (current.healthy is False or not current.available(now)):

@@ -10,9 +10,9 @@ read timeout or a reset after sending may have reached it, and so may a
 
 Backoff before trying a backend *again* within one request::
 
-    delay = retry_delay * 2 ** (round - 1) * uniform(0.5, 1.0)
+    delay = retry_delay * 2 ** (repeat - 1) * uniform(0.5, 1.0)
 
-(round = 1 for the first repeat). A backend not yet tried for this request
+(repeat = 1 for the first repeat). A backend not yet tried for this request
 is tried without delay.
 """
 
@@ -124,9 +124,9 @@ def retry_after(response: requests.Response, now: Optional[float] = None) -> Opt
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def backoff(retry_delay: float, round_: int, rng: Union[random.Random, Any] = random) -> float:
-    """Delay before the ``round_``-th repeat of a backend (see module docstring)."""
-    return float(retry_delay * 2 ** (round_ - 1) * rng.uniform(0.5, 1.0))
+def backoff(retry_delay: float, repeat: int, rng: Union[random.Random, Any] = random) -> float:
+    """Delay before the ``repeat``-th repeat of a backend (see module docstring)."""
+    return float(retry_delay * 2 ** (repeat - 1) * rng.uniform(0.5, 1.0))
 
 
 @dataclass

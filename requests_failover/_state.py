@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import enum
 import glob
 import hashlib
 import json
@@ -161,7 +162,7 @@ def encode(state: State) -> bytes:
     }
     # One line, no indent: json's C encoder (an indent means its pure-Python one, several
     # times slower on a request that publishes an outage).
-    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return json.dumps(document, sort_keys=True).encode("utf-8")
 
 
 #: The fields of a backend's record, in the file (its values are numbers, strings and None: no copy needed).
@@ -329,13 +330,21 @@ def _decode_document(data: bytes, backends: Tuple[str, ...], now: float) -> Stat
     )
 
 
+class Lease(enum.Enum):
+    """The answer of a store to a lease request (a probe round's, a failback probe's)."""
+
+    TAKEN = "taken"  # ours now: go ahead
+    HELD = "held"  # another machine holds it: leave the work to it
+    LOCAL = "local"  # no lease to be had (a local store, or a remote one away): the claim in the state decides
+
+
 class _Local:
     """What the local stores share: no leases (the probe claim lives in the state), nothing to close."""
 
     lease_based = False
 
-    def lease(self, name: str, owner: str, seconds: float) -> Optional[bool]:
-        return None
+    def lease(self, name: str, owner: str, seconds: float) -> Lease:
+        return Lease.LOCAL
 
     def release(self, name: str, owner: str) -> None:
         pass

@@ -543,9 +543,9 @@ def settle(session: Any, timeout: float = 30.0) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout: a number of seconds > 0, got {timeout!r}")
     deadline = time.monotonic() + timeout
-    start = WORKER.rounds
+    start = WORKER.passes
     WORKER.wake()
-    while WORKER.rounds < start + 2 or not selection.idle():
+    while WORKER.passes < start + 2 or not selection.idle():
         if time.monotonic() > deadline:
             raise TimeoutError(f"background work of {session!r} did not settle in {timeout} s")
         if selection.idle():

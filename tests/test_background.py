@@ -151,7 +151,7 @@ with LoopbackBackend("p") as p, LoopbackBackend("s") as s:
         time.sleep(0.002)
     assert p.open_connections() == 1
     session.close()
-    assert not session.failover_adapter._selection._threads, "close() returned with a probe in flight"
+    assert not session.failover_adapter._selection.probes_in_flight(), "close() returned with a probe in flight"
     del session
     gc.collect()
 print("closed")
@@ -244,7 +244,7 @@ for run in range(3):
             while len(s.probes) == 0 or client_sockets(ports) == before:
                 assert time.monotonic() < deadline, "no probe in flight"
                 time.sleep(0.002)
-            assert session.status()["health_checking"] or session.failover_adapter._selection._threads
+            assert session.status()["health_checking"] or session.failover_adapter._selection.probes_in_flight()
             started = time.monotonic()
             session.close()
             took = time.monotonic() - started
@@ -269,12 +269,12 @@ def test_the_session_fixture_tears_down_a_black_holed_backend_at_once(failover_s
     failover_primary.set("blackhole")
     session = failover_session(health_timeout=20)
     assert served_by(session.get(failover_primary.url + "/first")) == "secondary"
-    assert session.failover_adapter._selection._threads, "the primary's probe is still in flight"
+    assert session.failover_adapter._selection.probes_in_flight(), "the primary's probe is still in flight"
     started = time.monotonic()
     session.close()  # what the fixture's teardown does
     took = time.monotonic() - started
     assert took < 5.0, f"close() waited {took:.1f} s for a probe of a black hole"
-    assert not session.failover_adapter._selection._threads
+    assert not session.failover_adapter._selection.probes_in_flight()
 
 
 def test_cache_ttl_zero_probes_once_a_second_at_most(primary, secondary):

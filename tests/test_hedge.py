@@ -109,7 +109,7 @@ def test_cold_start_does_not_wait_for_the_black_holed_primarys_probe(primary, se
         started = time.monotonic()
         assert served_by(session.get(primary.url + "/first", timeout=(CONNECT, CONNECT))) == "secondary"
         assert time.monotonic() - started < LOOSE, "the first request waited for the primary's probe"
-        assert session.status()["health_checking"] or session.failover_adapter._selection._threads
+        assert session.status()["health_checking"] or session.failover_adapter._selection.probes_in_flight()
         primary.set("up")  # its pending probe connects now: the primary takes the selection back
         settle(session, timeout=BOUND)
         wait_until(lambda: session.active_backend == primary.url, "the primary taking the selection back")

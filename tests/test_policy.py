@@ -96,9 +96,9 @@ def test_retry_after_in_seconds_and_as_a_date():
 
 def test_backoff_is_exponential_with_jitter():
     rng = random.Random(7)
-    for round_ in (1, 2, 3, 4):
-        delays = [backoff(0.5, round_, rng) for _ in range(200)]
-        nominal = 0.5 * 2 ** (round_ - 1)
+    for repeat in (1, 2, 3, 4):
+        delays = [backoff(0.5, repeat, rng) for _ in range(200)]
+        nominal = 0.5 * 2 ** (repeat - 1)
         assert all(nominal / 2 <= d <= nominal for d in delays)
         assert len(set(delays)) > 100, "jittered"
 

@@ -62,14 +62,14 @@ def test_a_session_used_after_close_reopens_and_writes_what_it_learns(primary, s
     for i in range(20):  # every request meets two failures
         assert session.get(primary.url + f"/after-close/{i}").status_code == 503
     selection = session.failover_adapter._selection
-    assert selection._pending == [], "nothing piles up unwritten"
+    assert selection._books.unwritten() == 0, "nothing piles up unwritten"
     health = json.loads(state_file.read_text())["health"]
     counts = [health[url]["consecutive_failures"] for url in backends]
     assert min(counts) >= 20, f"the failures after close() reached the file: {counts}"  # (probes may add some)
     primary.set(status=200)
     secondary.set(status=200)
     session.close()
-    assert selection._pending == [] and not selection._threads
+    assert selection._books.unwritten() == 0 and not selection.probes_in_flight()
 
 
 # -- a real gunicorn ----------------------------------------------------------------------------------------

@@ -312,7 +312,7 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
     session.get(primary.url + "/")
     primary.set("refuse")
     selection = session.failover_adapter._selection
-    selection._lock.acquire()  # as if another thread were mid-update at fork time
+    selection._books._lock.acquire()  # as if another thread were mid-update at fork time
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: that is the point
@@ -326,7 +326,7 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
             code = 0
         finally:
             os._exit(code)
-    selection._lock.release()
+    selection._books._lock.release()
     os.close(write_end)
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:

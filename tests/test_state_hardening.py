@@ -221,7 +221,9 @@ def test_threads_never_keep_an_older_selection_than_the_file(primary, secondary,
                 for i in range(6):
                     active = backends[(round_ + i) % 2]
                     writer.update(
-                        lambda s, a=active: dataclasses.replace(s, active=a, checked_at=1.0), selection._state, 0.0
+                        lambda s, a=active: dataclasses.replace(s, active=a, checked_at=1.0),
+                        selection._books.state,
+                        0.0,
                     )
                 writing.clear()
                 for t in threads:
