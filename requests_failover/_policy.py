@@ -281,6 +281,8 @@ def mark_succeeded(state: State, url: str, now: float) -> State:
     old = state.record(url)
     if old.healthy is True and old.consecutive_failures == 0 and url == state.current():
         return state
+    if old.failed_at > now:
+        return state  # a failure recorded after this answer wins (see :func:`_apply_probes`)
     active = state.active
     current = state.record(state.current())
     if state.current() != url and (current.healthy is False or not current.available(now)):
@@ -312,6 +314,11 @@ def _apply_probes(
     table: Dict[str, Health] = dict(state.health)
     for result in results:
         old = table.get(result.url, _UNKNOWN)
+        if result.healthy and old.failed_at > now:
+            # A failure recorded after this answer (by another process, or a request of ours
+            # published at once while this result waited to be written behind) wins: a success
+            # observed earlier never undoes it when it is replayed onto a newer state.
+            continue
         new = _succeeded(old, now) if result.healthy else _failed(old, result.error, now, old.hold_until)
         if result.healthy:
             new = dataclasses.replace(new, last_error=None)

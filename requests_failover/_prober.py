@@ -175,9 +175,8 @@ class Prober:
 
         def late(result: ProbeResult) -> None:
             if not books.closed:
-                books.update(
-                    lambda s: _policy.apply_probes(s, [result], self._clock(), select=False, threshold=confirm), reason
-                )
+                at = self._clock()  # when it was observed: a later failure recorded elsewhere wins
+                books.update(lambda s: _policy.apply_probes(s, [result], at, select=False, threshold=confirm), reason)
 
         results = probe_all(
             self._options.targets,
@@ -191,9 +190,8 @@ class Prober:
             observe=self._observe,
         )
         if not books.closed:
-            books.update(
-                lambda s: _policy.apply_probes(s, results, self._clock(), select=True, threshold=confirm), reason
-            )
+            at = self._clock()
+            books.update(lambda s: _policy.apply_probes(s, results, at, select=True, threshold=confirm), reason)
 
     # -- background work (called by the worker thread) -----------------------------------------------
     def tick(self, state: State, now: float) -> float:
@@ -257,8 +255,9 @@ class Prober:
             self._observe(result)
             if not books.closed:
                 threshold = self._options.healthy_threshold
+                at = self._clock()
                 books.update(
-                    lambda s: _policy.apply_probes(s, [result], self._clock(), select=False, threshold=threshold),
+                    lambda s: _policy.apply_probes(s, [result], at, select=False, threshold=threshold),
                     f"{url} is healthy again",
                 )
         finally:

@@ -196,10 +196,10 @@ class Selection:
         """
         if latency is not None and self._options.demote_slow:
             self._observe_latency(backend.url, latency, None)
-        state = self._books.state
-        if _policy.mark_succeeded(state, backend.url, self._clock()) is state:
+        state, at = self._books.state, self._clock()
+        if _policy.mark_succeeded(state, backend.url, at) is state:
             return  # the common case: nothing changed, nothing written
-        self._books.update(lambda s: _policy.mark_succeeded(s, backend.url, self._clock()), f"{backend.url} answered")
+        self._books.update(lambda s: _policy.mark_succeeded(s, backend.url, at), f"{backend.url} answered")
 
     def record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
         """``backend`` was given up on after ``seconds``: a lower bound of a latency never seen.

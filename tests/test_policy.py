@@ -347,3 +347,14 @@ def test_demotion_survives_the_state_file_round_trip_and_hostile_values_are_clam
     assert (health.demoted_until, health.recovered_at) == (100 + pool.DEMOTE_CAP, 100)
     with pytest.raises(ValueError, match="demotion_reason"):
         decode(encode(hostile).replace(b'"x"', b"7"), (A, B), now=100)
+
+
+def test_a_success_observed_before_a_recorded_failure_never_undoes_it():
+    # A write behind replayed onto a newer state (another process published the failure at once).
+    failed = pool.mark_failed(pool.State((A, B), active=A), A, "refused", now=100.0)
+    assert (failed.current(), failed.record(A).healthy) == (B, False)
+    assert pool.mark_succeeded(failed, A, now=99.0) is failed, "an answer from before the failure"
+    probed = pool.apply_probes(failed, [pool.ProbeResult(A, True)], 99.0, select=True, threshold=1)
+    assert (probed.record(A), probed.current()) == (failed.record(A), B)
+    later = pool.mark_succeeded(failed, A, now=101.0)
+    assert (later.record(A).healthy, later.record(A).consecutive_failures) == (True, 0), "a later one counts"
