@@ -191,9 +191,11 @@ class Attempts:
         return attempt._replace(backend=backend, tries=tries)
 
     def withdraw(self, attempt: Attempt) -> None:
-        """``attempt`` was never sent (a hedge that found no thread): it takes no attempt and no try."""
+        """``attempt`` was never sent (a hedge that found no thread): it takes no attempt, no try, no budget."""
         self._count -= 1
         self._untry(attempt.backend)
+        if attempt.hedge:
+            self._budget.refund_hedge()
 
     def _untry(self, backend: Backend) -> None:
         left = self._tries.get(backend.url, 0) - 1

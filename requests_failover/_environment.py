@@ -41,6 +41,8 @@ from requests import PreparedRequest, sessions
 from requests import cookies as _cookies
 from requests.utils import NETRC_FILES
 
+from . import _runtime
+
 _PROXY_NAMES = (
     *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
     *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
@@ -59,6 +61,10 @@ class Environment:
         self._extra: Tuple[str, ...] = ()
         self._count = -1
         self._scan_lock = threading.Lock()
+        _runtime.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._scan_lock = threading.Lock()  # a scan of the parent's may have held it
 
     def __getstate__(self) -> Dict[str, Any]:
         # A prepared request records the environment it was derived with (a

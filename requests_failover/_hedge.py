@@ -44,6 +44,8 @@ half-read). The delay adapts, with a floor::
 
     delay = max(0.05, min(2.0, p95(last 64 answer times of the backend)))
 
+(recomputed after each of the first ``MIN_SAMPLES`` answers, then every 16th).
+
 Waiting for an answer with a time limit needs the request on another
 thread, which costs CPU and latency on every request. So hedging is *armed*
 for a backend only while it needs it: for ``ARMED_FOR`` answers after a
@@ -316,6 +318,7 @@ class Workers:
         self._lock = threading.Lock()
         self._idle: List[queue.SimpleQueue[Optional[Callable[[], None]]]] = []
         self._count = 0
+        self._generation = 0  # close() starts a new one: workers of an older one end after their job
 
     def submit(self, job: Callable[[], None]) -> bool:
         """Run ``job`` on a worker thread; False when every worker is busy and no more may start."""
@@ -330,10 +333,11 @@ class Workers:
         if inbox is not None:
             inbox.put(job)
         else:
-            threading.Thread(target=self._work, args=(job,), name="requests-failover-hedge", daemon=True).start()
+            args = (job, self._generation)
+            threading.Thread(target=self._work, args=args, name="requests-failover-hedge", daemon=True).start()
         return True
 
-    def _work(self, job: Optional[Callable[[], None]]) -> None:
+    def _work(self, job: Optional[Callable[[], None]], generation: int) -> None:
         inbox: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
         while job is not None:
             try:
@@ -341,6 +345,9 @@ class Workers:
             except BaseException:  # a job reports its own errors; never lose the worker to one
                 pass
             with self._lock:
+                if generation != self._generation:  # closed meanwhile: end now, not after the idle wait
+                    self._count -= 1
+                    return
                 self._idle.append(inbox)
             try:
                 job = inbox.get(timeout=self._idle_seconds)
@@ -355,9 +362,10 @@ class Workers:
             self._count -= 1
 
     def close(self) -> None:
-        """Let idle workers end now (busy ones end after their job)."""
+        """Let idle workers end now, busy ones as soon as their job ends; a later submit starts new ones."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._generation += 1
         for inbox in idle:
             inbox.put(None)
 

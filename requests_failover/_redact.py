@@ -39,15 +39,17 @@ def checked(value: str, argument: str) -> str:
 
     A URL holding white space or a control character, or a user name or
     password holding an unencoded '/', '?' or '#' (a parser would split it
-    there and quote the rest), is a ``ValueError`` naming ``argument``.
+    there and quote the rest) or a quote or angle bracket (where a message
+    quoting the URL would end it, past :func:`text`'s reach), is a
+    ``ValueError`` naming ``argument``.
     """
     shown = url(value)
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError(f"{argument}: {shown!r} holds white space or a control character")
     info = userinfo(value)
-    if info is not None and any(c in info for c in "/?#"):
+    if info is not None and any(c in info for c in "/?#'\"<>"):
         raise ValueError(
-            f"{argument}: {shown!r}: a user name or password holding '/', '?' or '#' must be percent-encoded"
+            f"{argument}: {shown!r}: a user name or password holding / ? # ' \" < or > must be percent-encoded"
         )
     return shown
 

@@ -179,6 +179,11 @@ class RetryBudget:
             with self._lock:
                 self._extra = min(self.extra_capacity, self._extra + self.extra_ratio)
 
+    def refund_hedge(self) -> None:
+        """Give back a hedge taken but never sent."""
+        with self._lock:
+            self._extra = min(self.extra_capacity, self._extra + 1.0)
+
     def take_hedge(self) -> bool:
         """Take one hedge from the budget; False (nothing taken) when it is spent or repeats are throttled."""
         with self._lock:

@@ -196,7 +196,8 @@ class Selection:
         """
         if latency is not None and self._options.demote_slow:
             self._observe_latency(backend.url, latency, None)
-        state, at = self._books.state, self._clock()
+        # observed when the request was sent: a failure recorded while it was in flight wins
+        state, at = self._books.state, self._clock() - (latency or 0.0)
         if _policy.mark_succeeded(state, backend.url, at) is state:
             return  # the common case: nothing changed, nothing written
         self._books.update(lambda s: _policy.mark_succeeded(s, backend.url, at), f"{backend.url} answered")

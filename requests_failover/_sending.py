@@ -32,6 +32,7 @@ from requests.auth import HTTPBasicAuth
 from requests.utils import rewind_body, select_proxy
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from . import _runtime
 from ._attempts import Attempt, Attempts, Outcome, may_hedge
@@ -196,8 +197,13 @@ class Dispatcher:
                 self._emit_attempts(attempts)
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's worker threads do not exist here, nor its pooled sockets."""
+        """In a forked child: the parent's worker threads do not exist here, nor its pooled sockets.
+
+        The budget is rebuilt too: its lock may have been held by a thread of
+        the parent that does not exist in the child.
+        """
         self._workers = Workers()
+        self._budget = RetryBudget()
         if self._racer is not None:
             self._racer.after_fork()
 
@@ -410,6 +416,7 @@ class ConnectRacer:
     def after_fork(self) -> None:
         """In a forked child: forget the parent's pending connects and close its pooled sockets."""
         self._suspects = Suspects()
+        self._connect_times = ConnectTimes()  # its lock may have been held by a connect thread of the parent
         self.close()
 
     def close(self) -> None:
@@ -422,8 +429,7 @@ class ConnectRacer:
         self, first: Backend, pool: Any, rival: Backend, route: Route, kwargs: Mapping[str, Any], timeout: Any
     ) -> Backend:
         """``first``, or ``rival`` if its connect completes first (see :mod:`._hedge`)."""
-        connect = timeout[0] if isinstance(timeout, tuple) else timeout
-        race = Race(connect if isinstance(connect, (int, float)) else None, self._connect_times, self._lost_connect)
+        race = Race(_connect_limit(timeout), self._connect_times, self._lost_connect)
         pending = race.start(first.url, pool)
         winner = race.wait(self._connect_times.delay(first.url, self._floor))
         if winner is None and not race.settled():  # still connecting after the delay: race the rival
@@ -487,3 +493,12 @@ def _connect_error(error: Optional[BaseException], request: requests.PreparedReq
     if isinstance(error, Urllib3SSLError):
         return requests.exceptions.SSLError(wrapped, request=request)
     return requests.exceptions.ConnectionError(wrapped, request=request)
+
+
+def _connect_limit(timeout: Any) -> Optional[float]:
+    """Seconds a connect may take under ``timeout`` (a number, a (connect, read) pair, a urllib3 ``Timeout``)."""
+    if isinstance(timeout, Urllib3Timeout):
+        connect = timeout.connect_timeout
+    else:
+        connect = timeout[0] if isinstance(timeout, tuple) else timeout
+    return float(connect) if isinstance(connect, (int, float)) and not isinstance(connect, bool) else None

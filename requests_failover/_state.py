@@ -231,9 +231,14 @@ def _tristate(value: Any, now: float) -> Optional[bool]:
 
 def _text(limit: int) -> Callable[[Any, float], Optional[str]]:
     def check(value: Any, now: float) -> Optional[str]:
-        if value is not None and not isinstance(value, str):
+        if value is None:
+            return None
+        if not isinstance(value, str):
             raise ValueError("not a string")
-        return None if value is None else value[:limit]
+        text: str = value
+        if not text.isprintable():  # a terminal escape, a line feed: shown escaped, never as is
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return text[:limit]
 
     return check
 

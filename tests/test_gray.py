@@ -261,3 +261,21 @@ def test_record_slow_a_lost_hedge_is_one_slow_answer_a_read_timeout_demotes_at_o
     selection.record_slow(backend, 5.0, SLOW_READ_TIMEOUT)
     status = backend_status(session, primary.url)
     assert (status["demotion_reason"], status["demoted_until"]) == ("read timeout after 5.0 s", clock.now + 5)
+
+
+def test_an_answer_to_a_request_sent_before_a_recorded_failure_does_not_undo_it(
+    make_session: Make, primary, secondary, clock: Clock
+):
+    # a backend draining requests in flight while it refuses new ones: their late successes change nothing
+    session = make_session([primary.url, secondary.url])
+    assert served_by(session.get(primary.url + "/warm")) == "primary"
+    selection = session.failover_adapter._selection
+    backend = selection.plan()[0]
+    selection.record_failure(backend, "refused")
+    clock.advance(0.5)
+    selection.record_success(backend, latency=2.0)  # sent 1.5 s before the failure was recorded
+    status = backend_status(session, primary.url)
+    assert (status["healthy"], session.active_backend) == (False, secondary.url)
+    clock.advance(0.5)
+    selection.record_success(backend, latency=0.1)  # sent after it: counts
+    assert backend_status(session, primary.url)["healthy"] is True

@@ -206,3 +206,16 @@ def test_the_answer_delay_is_the_p95_of_recent_answers_with_a_floor_and_a_cap():
     for _ in range(64):
         latencies.add("a", 9.0)
     assert latencies.delay("a") == _hedge.MAX_DELAY
+
+
+def test_closed_workers_end_after_their_job_and_later_jobs_get_new_ones():
+    workers = _hedge.Workers()
+    release, ran = threading.Event(), []
+    assert workers.submit(lambda: (release.wait(BOUND), ran.append("first")))
+    workers.close()  # the worker is busy: it must end once its job ends, not linger idle for 30 s
+    release.set()
+    wait_until(lambda: ran == ["first"] and workers._count == 0, "the busy worker ended", bound=10.0)  # idle: 30 s
+    done = threading.Event()
+    assert workers.submit(done.set), "a closed pool takes jobs again (a session used after close())"
+    assert done.wait(BOUND)
+    workers.close()

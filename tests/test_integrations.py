@@ -11,6 +11,7 @@ import copy
 import gc
 import multiprocessing
 import os
+import time
 
 import pytest
 import requests
@@ -230,3 +231,43 @@ def test_session_close_closes_the_failover_adapter_once(primary, secondary):
     session.failover_adapter.close = lambda: (closed.append(1), original())  # type: ignore[method-assign]
     session.close()
     assert closed == [1]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point
+def test_a_child_forked_while_the_parents_locks_are_held_still_fails_over(primary, secondary):
+    """Always: a lock that a thread of the parent held at fork() never blocks the child.
+
+    The retry budget's lock (taken by every failed attempt) and the connect times' lock
+    (taken by every new connection) are held across the fork, as a thread of the parent
+    in the middle of a request would hold them."""
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        session.get(primary.url + "/warm")
+        primary.set("refuse")  # the child's request fails over: a failed attempt, a new connection
+        dispatcher = session.failover_adapter._dispatcher
+        held = [dispatcher._budget._lock, dispatcher._racer._connect_times._lock, session._environment._scan_lock]
+        for lock in held:
+            lock.acquire()
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 only if the request failed over
+                status = 1
+                try:
+                    answer = session.get(primary.url + "/child", timeout=(2, 5)).json()
+                    status = 0 if answer["server"] == "secondary" else 1
+                finally:
+                    os._exit(status)
+        finally:
+            for lock in held:
+                lock.release()
+        deadline = time.monotonic() + BOUND
+        while time.monotonic() < deadline:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung on a lock it inherited")
+        assert os.waitstatus_to_exitcode(code) == 0, "the child's request failed over to the secondary"

@@ -23,7 +23,8 @@ from .conftest import cli
 # -- secrets never printed ----------------------------------------------------------------------------------------
 
 #: Hostile passwords: each holds "Zx9" (a marker no other text of these tests holds) and
-#: characters that end an authority, split userinfo, or escape (/ ? # @ : %, non-ASCII).
+#: characters that end an authority, split userinfo, end a quoted URL, or escape (/ ? # @ : % ' " < >,
+#: non-ASCII).
 HOSTILE_PASSWORDS = [
     "Zx9/k2+Q",
     "Zx9?qq",
@@ -34,6 +35,7 @@ HOSTILE_PASSWORDS = [
     "Zx9%2Fenc",
     "Zx9pässwörd",
     "Zx9 x/y?z#w@v",
+    "Zx9'q\"<x>",  # where a message quoting the URL would end it
 ]
 
 

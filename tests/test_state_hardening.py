@@ -503,3 +503,17 @@ def test_the_directory_is_checked_once_per_process_and_again_after_an_error(tmp_
     assert checks == [str(path), str(path)]
     assert store.persistent
     assert json.loads(path.read_bytes())["health"]["http://a"]["last_error"] == "refused again"
+
+
+def test_a_stored_string_with_control_characters_is_kept_escaped():
+    """A last_error holding a terminal escape or a line feed reaches status() escaped, never as is."""
+    backends = ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    document = {
+        "version": _state.FORMAT_VERSION,
+        "backends": list(backends),
+        "active": backends[1],
+        "checked_at": 1000.0,
+        "health": {backends[0]: {"healthy": False, "last_error": "refused\x1b[2J\r\nfake", "demotion_reason": "\x07"}},
+    }
+    health = _state.decode(json.dumps(document).encode(), backends, 1000.0).record(backends[0])
+    assert (health.last_error, health.demotion_reason) == ("refused\\x1b[2J\\r\\nfake", "\\x07")
