@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import requests
 
 from . import __version__
+from . import _redact as redact
 from ._config import DEFAULT_HEALTH_PATHS, ENV_STATE_URL, build_options
 from ._fleet import ENV_STATE_PASSWORD
 from ._health import lacks_health_endpoint, probe
@@ -156,7 +157,7 @@ def _fleet_view(url: str, backends: Tuple[str, ...]) -> Dict[str, Any]:
     try:
         raw = store.get(namespace(backends))
     except Exception as exc:  # unreachable, refused credentials: reported, not raised
-        view.update(reachable=False, last_error=f"{type(exc).__name__}: {exc}"[:300])
+        view.update(reachable=False, last_error=redact.text(store.describe(exc)))  # the missing-password hint too
     else:
         try:
             view["active_backend"] = decode(raw, backends, time.time()).current() if raw else None
