@@ -196,11 +196,12 @@ class Selection:
         """
         if latency is not None and self._options.demote_slow:
             self._observe_latency(backend.url, latency, None)
-        # observed when the request was sent: a failure recorded while it was in flight wins
-        state, at = self._books.state, self._clock() - (latency or 0.0)
-        if _policy.mark_succeeded(state, backend.url, at) is state:
+        state, now = self._books.state, self._clock()
+        if _policy.mark_succeeded(state, backend.url, now) is state:
             return  # the common case: nothing changed, nothing written
-        self._books.update(lambda s: _policy.mark_succeeded(s, backend.url, at), f"{backend.url} answered")
+        if latency and now - latency < state.record(backend.url).failed_at < now:
+            return  # sent before a failure recorded while it was in flight: the failure stands
+        self._books.update(lambda s: _policy.mark_succeeded(s, backend.url, now), f"{backend.url} answered")
 
     def record_slow(self, backend: Backend, seconds: float, reason: str) -> None:
         """``backend`` was given up on after ``seconds``: a lower bound of a latency never seen.
