@@ -121,12 +121,25 @@ def _count(low: int, high: int) -> Callable[[str], bool]:
     return check
 
 
+def _protocol(value: str) -> bool:
+    """RESP 2 or 3; redis-py reads the option from version 5 on (4.x fails at the first connect)."""
+    _count(2, 3)(value)
+    try:
+        import redis
+    except ImportError:  # the store cannot be built without it anyway: that error says so
+        return True
+    major = str(getattr(redis, "__version__", "5")).split(".")[0]
+    if major.isdigit() and int(major) < 5:
+        raise ValueError(f"needs redis-py 5 or newer (installed: {redis.__version__})")
+    return True
+
+
 #: The query options of a store URL that redis-py accepts and that can work
 #: here, each with its check (redis-py passes an unknown one on as a keyword
 #: argument and fails at the first connect; ``protocol=9`` fails likewise).
 _QUERY_OPTIONS: Dict[str, Callable[[str], bool]] = {
     "db": _count(0, 1 << 16),
-    "protocol": _count(2, 3),
+    "protocol": _protocol,
     "socket_timeout": _seconds,
     "socket_connect_timeout": _seconds,
     "timeout": _seconds,
