@@ -416,7 +416,7 @@ class Flight:
                 return
             if response is None and error is None:
                 return  # given up before its answer came (closed already)
-        self._landed.put((attempt, response, error, took))
+            self._landed.put((attempt, response, error, took))  # under the lock: decide() sees it or closes it
 
     def given_up(self, attempt: Any) -> bool:
         return self._decided
@@ -436,10 +436,11 @@ class Flight:
         now = time.monotonic()
         with self._lock:
             self._decided = True
+            while not self._landed.empty():  # landed meanwhile: answers never returned, closed
+                attempt, response, _, _ = self._landed.get()
+                self._flying.discard(attempt)  # it answered: not a loser still waiting
+                if response is not None:
+                    response.close()
             losers = [(a, now - self.started[a]) for a in self._flying if a != winner]
             self._flying.clear()
-        while not self._landed.empty():  # landed after the winner: answers never returned, closed
-            _, response, _, _ = self._landed.get()
-            if response is not None:
-                response.close()
         return losers

@@ -219,3 +219,31 @@ def test_closed_workers_end_after_their_job_and_later_jobs_get_new_ones():
     assert workers.submit(done.set), "a closed pool takes jobs again (a session used after close())"
     assert done.wait(BOUND)
     workers.close()
+
+
+class _Answer:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_answer_that_landed_before_the_decision_is_closed_and_not_a_loser():
+    flight = _hedge.Flight()
+    flight.start("first")
+    flight.start("hedge")
+    early = _Answer()
+    flight.land("hedge", early, None, 0.1)  # landed, not yet taken by the caller
+    assert flight.decide("first") == [], "it answered: not an attempt given up while waiting"
+    assert early.closed, "never returned: closed, its connection never pooled half-read"
+
+
+def test_an_answer_that_lands_after_the_decision_is_closed():
+    flight = _hedge.Flight()
+    flight.start("first")
+    flight.start("hedge")
+    (loser,) = flight.decide("first")
+    assert loser[0] == "hedge"
+    late = _Answer()
+    flight.land("hedge", late, None, 3.0)
+    assert late.closed and not flight.in_flight
