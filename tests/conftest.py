@@ -6,6 +6,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -140,6 +141,19 @@ def wait_until(condition: Callable[[], bool], what: str, bound: float = BOUND) -
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.005)
+
+
+def wait_for_child(pid: int, what: str) -> int:
+    """The exit code of the forked child ``pid``; a child still running after ``BOUND`` is killed and fails the test."""
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child {what}")
 
 
 def cli(*args: str, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[str]:

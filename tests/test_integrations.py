@@ -11,7 +11,6 @@ import copy
 import gc
 import multiprocessing
 import os
-import time
 
 import pytest
 import requests
@@ -20,7 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from requests_failover import FailoverSession
 
-from .conftest import BOUND
+from .conftest import BOUND, wait_for_child
 
 
 def _warm(session: FailoverSession, primary) -> None:
@@ -260,14 +259,5 @@ def test_a_child_forked_while_the_parents_locks_are_held_still_fails_over(primar
         finally:
             for lock in held:
                 lock.release()
-        deadline = time.monotonic() + BOUND
-        while time.monotonic() < deadline:
-            done, code = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung on a lock it inherited")
-        assert os.waitstatus_to_exitcode(code) == 0, "the child's request failed over to the secondary"
+        code = wait_for_child(pid, "hung on a lock it inherited")
+        assert code == 0, "the child's request failed over to the secondary"

@@ -19,7 +19,7 @@ from requests_failover._state import FORMAT_VERSION, default_path
 from requests_failover.testing import LoopbackBackend, settle
 
 from . import _workers
-from .conftest import BOUND, SPAWN, Worker, root, wait_until
+from .conftest import BOUND, SPAWN, Worker, root, wait_for_child, wait_until
 
 
 @pytest.fixture
@@ -328,17 +328,8 @@ def test_session_created_before_fork_works_in_the_child_even_with_locks_held(pri
             os._exit(code)
     selection._books._lock.release()
     os.close(write_end)
-    deadline = time.monotonic() + BOUND
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child deadlocked")
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    code = wait_for_child(pid, "deadlocked")
+    assert code == 0, "the child exited cleanly"
     assert os.read(read_end, 100) == b"secondary"
     os.close(read_end)
     assert read(state_file)["active"] == secondary.url, "the child's switch reached the shared file"
