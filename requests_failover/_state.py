@@ -3,9 +3,10 @@
 The file (format below) is published with ``os.replace`` of a temp file in the
 same directory (no fsync: see ``FileStore._write``), so a reader sees the old file or the new one,
 never half of one, and never needs the lock to read. Writers serialise on
-``<file>.lock`` (a :class:`filelock.FileLock`, flock on POSIX) held only for
-read-modify-write, never during a probe. flock does not exclude across NFS
-clients: keep the file on a local disk.
+``<file>.lock`` (see :class:`_WriterLock`: flock on POSIX, as
+:class:`filelock.FileLock` does) held only for read-modify-write, never
+during a probe. flock does not exclude across NFS clients: keep the file on
+a local disk.
 
 Noticing another process's change costs one ``os.lstat`` per request: the
 file is re-read only when its (inode, mtime, size) differ from the last seen.
@@ -53,10 +54,16 @@ import stat as stat_module
 import tempfile
 import threading
 import time
+from errno import EACCES, EAGAIN, EWOULDBLOCK
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple, Union
 
 from filelock import FileLock, Timeout
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's own lock
+    fcntl = None  # type: ignore[assignment]
 
 from . import _runtime
 from ._policy import DEMOTE_CAP, DOWN_CAP, RETRY_AFTER_CAP, Health, State
@@ -387,16 +394,18 @@ class FileStore(_Local):
         self.location: Optional[str] = os.path.abspath(path)
         self._path: Optional[str] = self.location
         self._seen: Optional[Tuple[int, int, int]] = None
+        #: the bytes last read or written and their state: the same bytes read again are not decoded again
+        self._known: Tuple[bytes, Optional[State]] = (b"", None)
         self._complained = False
         self._thread_lock = threading.Lock()
-        self._file_lock: Optional[FileLock] = None
+        self._writer_lock: Optional[_WriterLock] = None
         _runtime.reset_after_fork(self)
 
     def _after_fork(self) -> None:
         # A lock inherited through fork() may be held by a thread that does not
         # exist in the child (older filelock releases do not handle fork).
         self._thread_lock = threading.Lock()
-        self._file_lock = None
+        self._writer_lock = None
 
     # -- reading: no file lock (the caller serialises adoption) ------------------
     def _read(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
@@ -423,11 +432,18 @@ class FileStore(_Local):
             return None
         finally:
             os.close(fd)
+        known, state = self._known
+        if state is not None and data == known and state.backends == backends:
+            # Decoded before: the times in it were clamped against an earlier
+            # clock, which only makes the clamps tighter now.
+            return state
         try:
-            return decode(data, backends, now)
+            state = decode(data, backends, now)
         except ValueError as exc:
             self._complain(f"ignoring state file {self._path}: {exc}")
             return None
+        self._known = (data, state)
+        return state
 
     def load(self, backends: Tuple[str, ...], now: float) -> Optional[State]:
         return self._read(backends, now)
@@ -452,11 +468,11 @@ class FileStore(_Local):
         return self._read(backends, now)
 
     # -- writing: under the lock -------------------------------------------
-    def _lock(self) -> FileLock:
-        if self._file_lock is None:
+    def _lock(self) -> _WriterLock:
+        if self._writer_lock is None:
             assert self._path is not None
-            self._file_lock = FileLock(self._path + ".lock", timeout=LOCK_TIMEOUT, mode=0o600)
-        return self._file_lock
+            self._writer_lock = _WriterLock(self._path + ".lock")
+        return self._writer_lock
 
     def update(self, fn: Update, current: State, now: float) -> State:
         """Apply ``fn`` to the freshest state (the file's, else ``current``) and publish.
@@ -557,8 +573,9 @@ class FileStore(_Local):
                 self._next_sweep = now + SWEEP_EVERY
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # mode 0600
             try:
+                data = encode(state)
                 try:  # a plain write: a file object would cost an ioctl, a seek and an fstat more
-                    _write_all(fd, encode(state))
+                    _write_all(fd, data)
                     stat = os.fstat(fd)
                 finally:
                     os.close(fd)
@@ -570,6 +587,7 @@ class FileStore(_Local):
                     pass
                 raise
         self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        self._known = (data, state)
 
     @staticmethod
     def _sweep(directory: str, name: str) -> None:
@@ -633,6 +651,56 @@ class _Prepared:
 
 
 _PREPARED = _Prepared()
+
+
+class _WriterLock:
+    """The writers' lock on ``<file>.lock``: flock on POSIX, as :class:`filelock.FileLock` takes it there.
+
+    An uncontended lock is one ``open``, one ``flock`` and one ``close``
+    (FileLock's bookkeeping costs a request that publishes an outage a few
+    hundred microseconds more). A contended one, or a platform or file system
+    without flock, is left to FileLock: it waits, polling, for at most
+    ``LOCK_TIMEOUT`` (then :class:`filelock.Timeout`). Both contend for the
+    same flock of the same file, so processes of either kind exclude each other.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._filelock = FileLock(path, timeout=LOCK_TIMEOUT, mode=0o600)
+        self._fast = fcntl is not None
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> None:
+        if self._fast:
+            self._fd = self._try_flock()
+            if self._fd is not None:
+                return
+        self._filelock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            self._filelock.release()
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _try_flock(self) -> Optional[int]:
+        """The lock file's descriptor, locked; None: contended, or left to FileLock."""
+        try:  # never through a symlink; a missing file: FileLock creates it (our caller prepared it)
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (EACCES, EAGAIN, EWOULDBLOCK):
+                self._fast = False  # no flock on this file system: FileLock knows what to do
+            return None
 
 
 class _Unsafe(Exception):

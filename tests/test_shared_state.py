@@ -286,6 +286,45 @@ def test_lock_held_by_a_live_process_degrades_the_update_to_memory(primary, seco
     assert any("locked by another process" in r.getMessage() for r in caplog.records)
 
 
+def test_our_writer_lock_excludes_filelock_and_the_other_way_round(state_file):
+    """Our uncontended lock is a bare flock: it and a FileLock (another version of us) exclude each other."""
+    from filelock import FileLock, Timeout
+
+    from requests_failover._state import _WriterLock
+
+    os.makedirs(os.path.dirname(state_file), exist_ok=True)
+    Path(state_file + ".lock").touch()
+    ours, theirs = _WriterLock(state_file + ".lock"), FileLock(state_file + ".lock")
+    with ours, pytest.raises(Timeout):
+        theirs.acquire(timeout=0)
+    theirs.acquire(timeout=0)  # ours let go
+    try:
+        second = _WriterLock(state_file + ".lock")
+        assert second._try_flock() is None, "the fast path sees the FileLock"
+    finally:
+        theirs.release()
+    with second:  # free again: taken at once
+        assert second._fd is not None, "by the fast path"
+
+
+def test_a_file_read_again_unchanged_is_not_decoded_again(state_file, monkeypatch):
+    """The publish of an outage re-reads the file under the lock: the same bytes reuse the state decoded."""
+    from requests_failover import _state
+
+    backends = ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    store = _state.FileStore(state_file)
+    first = _state.State(backends=backends, active=backends[1], checked_at=time.time())
+    store.update(lambda s: first, _state.State(backends=backends), time.time())
+    decoded: List[bytes] = []
+    monkeypatch.setattr(_state, "decode", lambda data, *a: decoded.append(data) or _state.State(backends=backends))
+    assert store.load(backends, time.time()) is first, "what we wrote, not decoded"
+    assert decoded == []
+    text = Path(state_file).read_text().replace(backends[1], backends[0])
+    Path(state_file).write_text(text)  # the same size, other bytes: decoded
+    store.load(backends, time.time())
+    assert decoded == [text.encode()]
+
+
 def test_process_killed_mid_write_leaves_a_valid_file(primary, secondary, state_file):
     backends = [primary.url, secondary.url]
     with FailoverSession(backends, state_file=state_file) as session:
