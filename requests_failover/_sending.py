@@ -42,6 +42,7 @@ from ._health import describe_error
 from ._hedge import ConnectTimes, Flight, Latencies, Race, Suspects, Workers, has_idle_connection
 from ._retry import RetryBudget, Verdict
 from ._selection import SLOW_HEDGE_LOST, SLOW_READ_TIMEOUT, Selection
+from ._urllib3 import next_slot_alive
 from .events import AttemptEvent, emit
 
 __all__ = ["ConnectRacer", "Dispatcher", "Link", "Route", "rewrite"]
@@ -401,6 +402,9 @@ class ConnectRacer:
         if rival is None:
             return attempt
         first = attempt.backend
+        known = self._pools.get(_pool_key(first, kwargs))
+        if known is not None and next_slot_alive(known):
+            return attempt  # the common case, checked first: a keep-alive connection waits, no race
         pool = self._raceable_pool(first, route, kwargs)
         if pool is None or has_idle_connection(pool):
             return attempt  # a user's adapter or a proxy sends; or a keep-alive connection: no race, no thread
@@ -469,15 +473,19 @@ class ConnectRacer:
 
     def _pool(self, backend: Backend, request: requests.PreparedRequest, kwargs: Mapping[str, Any]) -> Any:
         """The urllib3 pool our own HTTPAdapter machinery sends ``request`` to ``backend`` with (cached)."""
-        verify, cert = kwargs.get("verify", True), kwargs.get("cert")
-        key = (backend.origin, repr(verify), repr(cert))
+        key = _pool_key(backend, kwargs)
         pool = self._pools.get(key)
         if pool is None or not self._link.pooled(pool):
-            pool = self._link.open_pool(request, verify, cert)
+            pool = self._link.open_pool(request, kwargs.get("verify", True), kwargs.get("cert"))
             if len(self._pools) >= 64:
                 self._pools.clear()
             self._pools[key] = pool
         return pool
+
+
+def _pool_key(backend: Backend, kwargs: Mapping[str, Any]) -> Tuple[str, str, str]:
+    """What tells our race pools apart: the origin, and the TLS settings of the request."""
+    return (backend.origin, repr(kwargs.get("verify", True)), repr(kwargs.get("cert")))
 
 
 def _proxied(url: str, proxies: Optional[Mapping[str, str]]) -> bool:

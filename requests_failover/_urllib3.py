@@ -22,7 +22,7 @@ from typing import Any, List
 
 from urllib3.util.connection import is_connection_dropped
 
-__all__ = ["has_idle_connection", "idle_slots", "is_managed", "put_conn", "take_conn"]
+__all__ = ["has_idle_connection", "idle_slots", "is_managed", "next_slot_alive", "put_conn", "take_conn"]
 
 
 def take_conn(pool: Any) -> Any:
@@ -51,6 +51,25 @@ def has_idle_connection(pool: Any) -> bool:
             except Exception:  # an unusual connection class: assume it is usable
                 return True
     return False
+
+
+def next_slot_alive(pool: Any) -> bool:
+    """Whether the slot ``pool`` gives the next request (LIFO: the last) holds an open connection.
+
+    The common case of a keep-alive pool, answered without copying the queue:
+    one index and one ``poll()`` (advisory, as :func:`has_idle_connection`).
+    """
+    queue = getattr(getattr(pool, "pool", None), "queue", None)
+    try:
+        conn = queue[-1] if queue else None
+    except IndexError:  # taken by another thread meanwhile
+        return False
+    if conn is None or getattr(conn, "sock", None) is None:
+        return False
+    try:
+        return not is_connection_dropped(conn)
+    except Exception:  # an unusual connection class: assume it is usable
+        return True
 
 
 def is_managed(manager: Any, pool: Any) -> bool:

@@ -12,6 +12,8 @@ from urllib3 import PoolManager
 
 from requests_failover import _urllib3
 
+from .conftest import wait_until
+
 MAJOR = int(urllib3.__version__.split(".")[0])
 
 
@@ -26,12 +28,14 @@ def test_a_slot_taken_connected_and_given_back_is_an_idle_connection(primary):
     pool = manager.connection_from_url(primary.url)
     assert _urllib3.idle_slots(pool) == [None, None], "a new pool: two empty slots (the queue is pre-filled)"
     assert not _urllib3.has_idle_connection(pool)
+    assert not _urllib3.next_slot_alive(pool)
     conn = _urllib3.take_conn(pool)
     assert getattr(conn, "sock", None) is None, "a fresh connection, not connected yet"
     conn.connect()
     _urllib3.put_conn(pool, conn)
     assert _urllib3.idle_slots(pool)[-1] is conn, "LIFO: the next request takes it"
     assert _urllib3.has_idle_connection(pool)
+    assert _urllib3.next_slot_alive(pool)
     response = pool.urlopen("GET", "/via-slot", retries=False)
     assert response.status == 200
     assert [h.path for h in primary.requests] == ["/via-slot"]
@@ -56,3 +60,15 @@ def test_a_pool_is_known_to_its_manager_until_cleared(primary):
     assert not _urllib3.is_managed(PoolManager(), pool), "another manager's"
     manager.clear()
     assert not _urllib3.is_managed(manager, pool), "evicted (and closed)"
+
+
+def test_the_next_slot_of_a_pool_whose_backend_closed_it_is_not_alive(primary):
+    manager = PoolManager(maxsize=1)
+    pool = manager.connection_from_url(primary.url)
+    assert pool.urlopen("GET", "/kept", retries=False).status == 200
+    assert _urllib3.next_slot_alive(pool), "the keep-alive connection waits in the slot"
+    primary.set("refuse")  # closes its connections
+    wait_until(lambda: not _urllib3.next_slot_alive(pool), "the dropped connection seen without taking the slot")
+    assert not _urllib3.has_idle_connection(pool)
+    manager.clear()
+    assert not _urllib3.next_slot_alive(pool), "a closed pool has no slots"
