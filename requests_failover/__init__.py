@@ -15,7 +15,7 @@ from .exceptions import AllBackendsFailed
 from .session import FailoverSession
 from .store import RedisStore, StateStore
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "AllBackendsFailed",
