@@ -5,10 +5,14 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from collections import OrderedDict
 
 import pytest
 import requests
 import requests_mock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from requests.structures import CaseInsensitiveDict
 
 from requests_failover import AllBackendsFailed, FailoverAdapter, FailoverSession
 from requests_failover.testing import set_testing
@@ -322,3 +326,31 @@ def test_a_minimal_custom_transport_works_for_probes_and_requests():
         assert session.get(P + "/x").text == "ok"
         first = session.status()["backends"][0]
         assert first["healthy"] is True and first["last_error"] is None, first
+
+
+# -- requests' merges, taken without its runtime Protocol checks: the same result ------------------------
+
+_VALUES = st.one_of(st.none(), st.text(max_size=3), st.integers(), st.booleans())
+_MAPPINGS = st.one_of(
+    st.dictionaries(st.text(max_size=3), _VALUES, max_size=4),
+    st.dictionaries(st.text(max_size=3), _VALUES, max_size=4).map(OrderedDict),
+    st.dictionaries(st.text(max_size=3), _VALUES, max_size=4).map(CaseInsensitiveDict),
+)
+_SETTINGS = st.one_of(_MAPPINGS, _VALUES, st.lists(st.tuples(st.text(max_size=2), _VALUES), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=_SETTINGS, session=_SETTINGS, dict_class=st.sampled_from([OrderedDict, CaseInsensitiveDict, dict]))
+def test_our_merge_of_settings_is_requests_merge(request, session, dict_class):
+    from requests.sessions import merge_setting
+
+    from requests_failover.session import _merge_setting
+
+    def outcome(merge):
+        try:
+            merged = merge(request, session, dict_class)
+        except ValueError as exc:
+            return ("raised", str(exc))
+        return (type(merged), list(merged.items()) if hasattr(merged, "items") else merged)
+
+    assert outcome(_merge_setting) == outcome(merge_setting)
