@@ -57,6 +57,7 @@ class Environment:
     def __init__(self) -> None:
         self._settings: Dict[Any, Tuple[Dict[str, str], Optional[str]]] = {}
         self._netrc: Dict[Any, Optional[Tuple[str, str]]] = {}
+        self._netrc_paths: Dict[Tuple[Optional[str], Optional[str]], Tuple[str, ...]] = {}
         self._proxies: Dict[Any, Dict[str, str]] = {}
         self._extra: Tuple[str, ...] = ()
         self._count = -1
@@ -139,17 +140,23 @@ class Environment:
 
     def netrc_auth(self, host_url: str) -> Optional[Tuple[str, str]]:
         """``get_netrc_auth(host_url)``, recomputed only when its inputs changed."""
-        netrc = os.environ.get("NETRC")
-        candidates = (netrc,) if netrc is not None else tuple(f"~/{name}" for name in NETRC_FILES)
+        netrc, home = os.environ.get("NETRC"), os.environ.get("HOME")
+        paths = self._netrc_paths.get((netrc, home))
+        if paths is None:  # the files requests would look at, for these values of NETRC and HOME
+            candidates = (netrc,) if netrc is not None else tuple(f"~/{name}" for name in NETRC_FILES)
+            paths = tuple(os.path.expanduser(candidate) for candidate in candidates)
+            if len(self._netrc_paths) >= _LIMIT:
+                self._netrc_paths.clear()
+            self._netrc_paths[(netrc, home)] = paths
         stamps: List[Optional[Tuple[int, int, int]]] = []
-        for candidate in candidates:
+        for path in paths:
             try:
-                info = os.stat(os.path.expanduser(candidate))
+                info = os.stat(path)
                 stamps.append((info.st_ino, info.st_size, info.st_mtime_ns))
             except (OSError, ValueError):
                 stamps.append(None)
         helper = sessions.get_netrc_auth  # where requests looks it up: a test may replace it
-        key = (host_url, netrc, os.environ.get("HOME"), tuple(stamps), helper)
+        key = (host_url, netrc, home, tuple(stamps), helper)
         if key in self._netrc:
             return self._netrc[key]
         auth = helper(host_url)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.utils import select_proxy
 
 from . import _runtime
 from ._config import (
@@ -176,6 +177,9 @@ class FailoverAdapter(HTTPAdapter):
         for candidates in by_origin.values():
             candidates.sort(key=lambda b: len(b.base_path), reverse=True)
         self._by_origin = by_origin
+        self._last_match: Tuple[Optional[str], Optional[Tuple[Backend, str]]] = (None, None)
+        self._direct_pools: Dict[Tuple[str, str, str], Any] = {}  # see get_connection_with_tls_context
+        self._direct_manager: Any = None  # the pool manager they came from
         self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
         self._selection = Selection(self._options, self._probe_send)
         link = Link(send=self._send_one, mounted=self._sender, open_pool=self._open_pool, pooled=self._still_pooled)
@@ -194,6 +198,7 @@ class FailoverAdapter(HTTPAdapter):
         connections open (no shutdown is sent); new ones are opened on demand.
         """
         HTTPAdapter.close(self)
+        self._drop_direct_pools()
         self._dispatcher.after_fork()
         for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
             if isinstance(adapter, HTTPAdapter) and adapter is not self:
@@ -244,6 +249,7 @@ class FailoverAdapter(HTTPAdapter):
         self._selection.close()
         self._dispatcher.close()
         super().close()
+        self._drop_direct_pools()
         if self._transport is not None:
             self._transport.close()
 
@@ -267,6 +273,47 @@ class FailoverAdapter(HTTPAdapter):
             pool = self.get_connection(request.url or "", None)
         self.cert_verify(pool, request.url or "", verify, cert)  # type: ignore[no-untyped-call]  # untyped in types-requests
         return pool
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Optional[Mapping[str, str]] = None,
+        cert: Any = None,
+    ) -> Any:
+        """HTTPAdapter's pool for ``request``; a backend's direct pool is kept per origin and TLS settings.
+
+        requests works the pool out again for every request (a URL parse, the
+        pool's key built and normalised, the pool manager's lock): for the
+        same backend origin, ``verify`` and ``cert`` it is the same pool. It is
+        kept until it is closed (urllib3 < 2.7 closes a pool it evicts),
+        ``close()``, a fork, or a new pool manager; urllib3 2.7 no longer closes
+        a pool it lets go, so one kept here stays in use (a working pool; at
+        most one per backend origin and TLS setting). Other hosts and requests
+        through a proxy are left to requests. (requests >= 2.32.2 calls this;
+        older releases call ``get_connection``, left as it is.)
+        """
+        url = request.url or ""
+        if (proxies and select_proxy(url, dict(proxies))) or self.match(url) is None:
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        if self._direct_manager is not self.poolmanager:  # a new pool manager (init_poolmanager): its pools
+            self._drop_direct_pools()
+            self._direct_manager = self.poolmanager
+        key = (_origin(url), repr(verify), repr(cert))
+        pool = self._direct_pools.get(key)
+        if pool is None or getattr(pool, "pool", None) is None:  # none yet, or closed since
+            pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+            if len(self._direct_pools) >= 64:
+                self._direct_pools = {}  # let go, not closed: another request may be using one
+            self._direct_pools[key] = pool
+        return pool
+
+    def _drop_direct_pools(self) -> None:
+        """Close the pools kept by :meth:`get_connection_with_tls_context` (urllib3 2.7 no longer
+        closes a pool its manager lets go: a reference kept here would keep its sockets open)."""
+        pools, self._direct_pools = self._direct_pools, {}
+        for pool in pools.values():
+            pool.close()
 
     def _still_pooled(self, pool: Any) -> bool:
         """Whether ``pool`` is still the pool manager's (not evicted, not closed)."""
@@ -315,17 +362,25 @@ class FailoverAdapter(HTTPAdapter):
         return self.environment.proxies_for(target.origin, None if source is None else source.origin, proxies)
 
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
-        """The configured backend ``url`` belongs to and the rest of it, or None."""
+        """The configured backend ``url`` belongs to and the rest of it, or None.
+
+        The last answer is kept: one request asks three times (its
+        preparation, its environment, its sending) for the same URL.
+        """
+        last_url, last = self._last_match
+        if url is not None and url == last_url:
+            return last
+        found = self._match(url)
+        self._last_match = (url, found)
+        return found
+
+    def _match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         if not url:
             return None
         scheme_end = url.find("://")
         if scheme_end < 0:
             return None
-        path_start = len(url)
-        for mark in "/?#":
-            found = url.find(mark, scheme_end + 3)
-            if 0 <= found < path_start:
-                path_start = found
+        path_start = _path_start(url, scheme_end)
         origin = url[:path_start].lower()
         if "@" in origin:  # userinfo: "scheme://user:pw@host"
             origin = origin[: scheme_end + 3] + origin.rpartition("@")[2]
@@ -369,3 +424,19 @@ class FailoverAdapter(HTTPAdapter):
         response = self._dispatcher.send(route, plan, timeout, started, kwargs)
         keep_cookies(request, response)
         return response
+
+
+def _path_start(url: str, scheme_end: int) -> int:
+    """Where the path (or query, or fragment) of ``url`` starts; its length if it has none."""
+    path_start = len(url)
+    for mark in "/?#":
+        found = url.find(mark, scheme_end + 3)
+        if 0 <= found < path_start:
+            path_start = found
+    return path_start
+
+
+def _origin(url: str) -> str:
+    """``scheme://authority`` of ``url``, lowercased (the whole URL if it has no scheme)."""
+    scheme_end = url.find("://")
+    return url.lower() if scheme_end < 0 else url[: _path_start(url, scheme_end)].lower()

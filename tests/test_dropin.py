@@ -354,3 +354,16 @@ def test_our_merge_of_settings_is_requests_merge(request, session, dict_class):
         return (type(merged), list(merged.items()) if hasattr(merged, "items") else merged)
 
     assert outcome(_merge_setting) == outcome(merge_setting)
+
+
+def test_a_new_pool_manager_takes_over_the_backends_pools(primary, secondary):
+    """The adapter keeps a backend's pool between requests; a user's init_poolmanager() replaces them."""
+    with FailoverSession([primary.url, secondary.url], state_file=False) as session:
+        session.get(primary.url + "/")
+        adapter = session.failover_adapter
+        old = adapter.poolmanager
+        adapter.init_poolmanager(adapter._pool_connections, adapter._pool_maxsize, block=adapter._pool_block)
+        assert adapter.poolmanager is not old
+        session.get(primary.url + "/")
+        assert len(adapter.poolmanager.pools) == 1, "the request went through the new manager's pool"
+        wait_until(lambda: primary.open_connections() == 1, "the old manager's pool closed, its socket with it")
