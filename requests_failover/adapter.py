@@ -178,8 +178,7 @@ class FailoverAdapter(HTTPAdapter):
             candidates.sort(key=lambda b: len(b.base_path), reverse=True)
         self._by_origin = by_origin
         self._last_match: Tuple[Optional[str], Optional[Tuple[Backend, str]]] = (None, None)
-        self._direct_pools: Dict[Tuple[str, str, str], Any] = {}  # see get_connection_with_tls_context
-        self._direct_manager: Any = None  # the pool manager they came from
+        self._direct = _DirectPools()  # see get_connection_with_tls_context
         self._mounts: Tuple[Mapping[str, BaseAdapter], ...] = ()
         self._selection = Selection(self._options, self._probe_send)
         link = Link(send=self._send_one, mounted=self._sender, open_pool=self._open_pool, pooled=self._still_pooled)
@@ -198,7 +197,7 @@ class FailoverAdapter(HTTPAdapter):
         connections open (no shutdown is sent); new ones are opened on demand.
         """
         HTTPAdapter.close(self)
-        self._drop_direct_pools()
+        self._direct.drop()
         self._dispatcher.after_fork()
         for adapter in (self._transport, *(a for m in self._mounts for a in m.values())):
             if isinstance(adapter, HTTPAdapter) and adapter is not self:
@@ -249,7 +248,7 @@ class FailoverAdapter(HTTPAdapter):
         self._selection.close()
         self._dispatcher.close()
         super().close()
-        self._drop_direct_pools()
+        self._direct.drop()
         if self._transport is not None:
             self._transport.close()
 
@@ -267,7 +266,7 @@ class FailoverAdapter(HTTPAdapter):
 
     def _open_pool(self, request: requests.PreparedRequest, verify: Any, cert: Any) -> Any:
         """The urllib3 pool this adapter's own HTTPAdapter machinery sends ``request`` with (for the connect race)."""
-        if hasattr(self, "get_connection_with_tls_context"):  # requests >= 2.32.2
+        if hasattr(HTTPAdapter, "get_connection_with_tls_context"):  # requests >= 2.32.2 (ours overrides it)
             pool = self.get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
         else:  # pragma: no cover - older requests
             pool = self.get_connection(request.url or "", None)
@@ -281,39 +280,21 @@ class FailoverAdapter(HTTPAdapter):
         proxies: Optional[Mapping[str, str]] = None,
         cert: Any = None,
     ) -> Any:
-        """HTTPAdapter's pool for ``request``; a backend's direct pool is kept per origin and TLS settings.
+        """HTTPAdapter's pool for ``request``; a backend's direct pool is kept (see :class:`_DirectPools`).
 
-        requests works the pool out again for every request (a URL parse, the
-        pool's key built and normalised, the pool manager's lock): for the
-        same backend origin, ``verify`` and ``cert`` it is the same pool. It is
-        kept until it is closed (urllib3 < 2.7 closes a pool it evicts),
-        ``close()``, a fork, or a new pool manager; urllib3 2.7 no longer closes
-        a pool it lets go, so one kept here stays in use (a working pool; at
-        most one per backend origin and TLS setting). Other hosts and requests
-        through a proxy are left to requests. (requests >= 2.32.2 calls this;
-        older releases call ``get_connection``, left as it is.)
+        requests works the same pool out again for every request (a URL parse,
+        the pool's key built and normalised, the manager's lock). Other hosts
+        and proxied requests are left to requests (as is ``get_connection``,
+        which requests < 2.32.2 calls instead).
         """
         url = request.url or ""
         if (proxies and select_proxy(url, dict(proxies))) or self.match(url) is None:
             return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
-        if self._direct_manager is not self.poolmanager:  # a new pool manager (init_poolmanager): its pools
-            self._drop_direct_pools()
-            self._direct_manager = self.poolmanager
-        key = (_origin(url), repr(verify), repr(cert))
-        pool = self._direct_pools.get(key)
-        if pool is None or getattr(pool, "pool", None) is None:  # none yet, or closed since
-            pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
-            if len(self._direct_pools) >= 64:
-                self._direct_pools = {}  # let go, not closed: another request may be using one
-            self._direct_pools[key] = pool
-        return pool
-
-    def _drop_direct_pools(self) -> None:
-        """Close the pools kept by :meth:`get_connection_with_tls_context` (urllib3 2.7 no longer
-        closes a pool its manager lets go: a reference kept here would keep its sockets open)."""
-        pools, self._direct_pools = self._direct_pools, {}
-        for pool in pools.values():
-            pool.close()
+        return self._direct.get(
+            self.poolmanager,
+            (_origin(url), repr(verify), repr(cert)),
+            lambda: super(FailoverAdapter, self).get_connection_with_tls_context(request, verify, proxies, cert),
+        )
 
     def _still_pooled(self, pool: Any) -> bool:
         """Whether ``pool`` is still the pool manager's (not evicted, not closed)."""
@@ -329,11 +310,9 @@ class FailoverAdapter(HTTPAdapter):
     def _probe_send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send a health probe: never through an adapter that could answer from a cache.
 
-        Probes go through ``transport`` when one is given (that is how tests
-        without servers work), else through this adapter's own pools, with
-        ``Cache-Control: no-cache`` for any cache on the way. The proxies are
-        those requests would use for the probed backend's own URL (the
-        request that triggered the probe may have been for another backend).
+        Through ``transport`` if given (tests without servers), else our own pools, with
+        ``Cache-Control: no-cache`` for any cache on the way, and the proxies requests would
+        use for the probed backend's own URL (not the triggering request's backend's).
         """
         request.headers["Cache-Control"] = "no-cache"
         if self.trust_env:
@@ -364,8 +343,7 @@ class FailoverAdapter(HTTPAdapter):
     def match(self, url: Optional[str]) -> Optional[Tuple[Backend, str]]:
         """The configured backend ``url`` belongs to and the rest of it, or None.
 
-        The last answer is kept: one request asks three times (its
-        preparation, its environment, its sending) for the same URL.
+        (The last answer is kept: a request asks three times for its URL.)
         """
         last_url, last = self._last_match
         if url is not None and url == last_url:
@@ -440,3 +418,36 @@ def _origin(url: str) -> str:
     """``scheme://authority`` of ``url``, lowercased (the whole URL if it has no scheme)."""
     scheme_end = url.find("://")
     return url.lower() if scheme_end < 0 else url[: _path_start(url, scheme_end)].lower()
+
+
+class _DirectPools:
+    """The pools :meth:`FailoverAdapter.get_connection_with_tls_context` keeps: one per backend origin
+    and TLS settings (``verify``, ``cert``), all from one pool manager.
+
+    A pool is used until it is closed (urllib3 < 2.7 closes a pool it
+    evicts). urllib3 2.7 no longer closes a pool its manager lets go (it
+    relies on garbage collection), so a pool kept here stays in use, and is
+    closed here when let go: ``drop()`` (``close()``, a fork) or a new pool
+    manager (a user's ``init_poolmanager()``).
+    """
+
+    def __init__(self) -> None:
+        self._pools: Dict[Tuple[str, str, str], Any] = {}
+        self._manager: Any = None
+
+    def get(self, manager: Any, key: Tuple[str, str, str], open_pool: Callable[[], Any]) -> Any:
+        if manager is not self._manager:
+            self.drop()
+            self._manager = manager
+        pool = self._pools.get(key)
+        if pool is None or getattr(pool, "pool", None) is None:  # none yet, or closed since
+            pool = open_pool()
+            if len(self._pools) >= 64:
+                self._pools = {}  # let go, not closed: another request may be using one
+            self._pools[key] = pool
+        return pool
+
+    def drop(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
