@@ -366,4 +366,7 @@ def test_a_new_pool_manager_takes_over_the_backends_pools(primary, secondary):
         assert adapter.poolmanager is not old
         session.get(primary.url + "/")
         assert len(adapter.poolmanager.pools) == 1, "the request went through the new manager's pool"
-        wait_until(lambda: primary.open_connections() == 1, "the old manager's pool closed, its socket with it")
+        if hasattr(requests.adapters.HTTPAdapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
+            # the pool we kept is closed by us (older requests never asks us: the old manager's
+            # sockets are then left to the garbage collector, as with plain requests)
+            wait_until(lambda: primary.open_connections() == 1, "the old manager's pool closed, its socket with it")
